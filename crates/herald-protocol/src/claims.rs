@@ -168,13 +168,19 @@ mod tests {
         };
         assert_eq!(claims.may_join(&me, &room("user:6")), JoinDecision::Allow);
         assert_eq!(claims.may_join(&me, &room("user:7")), JoinDecision::Deny);
-        assert_eq!(claims.may_join(&me, &room("channel:1")), JoinDecision::Allow);
+        assert_eq!(
+            claims.may_join(&me, &room("channel:1")),
+            JoinDecision::Allow
+        );
         assert!(!claims.may_publish(&me, &room("user:7")));
         assert!(claims.may_publish(&me, &room("user:6")));
         let none = Claims {
             sub: "6".into(),
             ..Default::default()
         };
-        assert_eq!(none.may_join(&me, &room("channel:1")), JoinDecision::Undecided);
+        assert_eq!(
+            none.may_join(&me, &room("channel:1")),
+            JoinDecision::Undecided
+        );
     }
 }

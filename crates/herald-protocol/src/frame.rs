@@ -237,13 +237,21 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
     }
     let room = |r: Option<String>| -> Result<Room, FrameError> {
         let r = r.ok_or_else(|| {
-            FrameError::new(id, ErrorCode::BadRequest, format!("`{}` needs a `room`", env.ty))
+            FrameError::new(
+                id,
+                ErrorCode::BadRequest,
+                format!("`{}` needs a `room`", env.ty),
+            )
         })?;
         Room::parse(&r).map_err(|e| FrameError::new(id, ErrorCode::InvalidRoom, e.to_string()))
     };
     let event = |e: Option<String>| -> Result<String, FrameError> {
         let e = e.ok_or_else(|| {
-            FrameError::new(id, ErrorCode::BadRequest, format!("`{}` needs an `event`", env.ty))
+            FrameError::new(
+                id,
+                ErrorCode::BadRequest,
+                format!("`{}` needs an `event`", env.ty),
+            )
         })?;
         if valid_event_name(&e) {
             Ok(e)
@@ -257,7 +265,11 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
     };
     let token = |t: Option<String>| -> Result<String, FrameError> {
         t.filter(|t| !t.is_empty()).ok_or_else(|| {
-            FrameError::new(id, ErrorCode::BadRequest, format!("`{}` needs a `token`", env.ty))
+            FrameError::new(
+                id,
+                ErrorCode::BadRequest,
+                format!("`{}` needs a `token`", env.ty),
+            )
         })
     };
     Ok(match env.ty.as_str() {
@@ -452,6 +464,26 @@ pub fn event_frame(room: &str, event: &str, seq: Option<u64>, data: &[u8]) -> St
     out
 }
 
+/// Encodes a `reply` frame around a service's reply bytes (passed through when
+/// they are JSON, see [`event_frame`] for the rules).
+///
+/// ```
+/// use herald_protocol::frame::reply_frame;
+/// assert_eq!(reply_frame(Some(3), br#"{"ok":true}"#), r#"{"type":"reply","id":3,"data":{"ok":true}}"#);
+/// ```
+pub fn reply_frame(id: Option<i64>, data: &[u8]) -> String {
+    let mut out = String::with_capacity(40 + data.len());
+    out.push_str(r#"{"type":"reply""#);
+    if let Some(id) = id {
+        out.push_str(r#","id":"#);
+        out.push_str(&id.to_string());
+    }
+    out.push_str(r#","data":"#);
+    push_payload(&mut out, data);
+    out.push('}');
+    out
+}
+
 /// Encodes a `presence_join` push.
 pub fn presence_join_frame(room: &str, user: &str, info: Option<&serde_json::Value>) -> String {
     let mut v = serde_json::json!({"type": "presence_join", "room": room, "user": user});
@@ -467,7 +499,9 @@ pub fn presence_leave_frame(room: &str, user: &str) -> String {
 }
 
 fn push_json_str(out: &mut String, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f) {
+    if s.bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
+    {
         out.push('"');
         out.push_str(s);
         out.push('"');
@@ -500,7 +534,10 @@ mod tests {
             .collect();
         assert_eq!(
             kinds,
-            ["auth", "join", "leave", "emit", "publish", "presence", "history", "refresh", "ping"]
+            [
+                "auth", "join", "leave", "emit", "publish", "presence", "history", "refresh",
+                "ping"
+            ]
         );
     }
 
@@ -517,15 +554,34 @@ mod tests {
         let e = decode_client_frame(r#"{"type":"join","id":99999999999999999999999}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-        let r = decode_client_frame(&format!(r#"{{"type":"emit","id":1,"event":"x","data":{deep}}}"#));
-        assert!(matches!(r, Err(FrameError { id: Some(1), code: ErrorCode::BadRequest, .. })));
-        let ok = format!(r#"{{"type":"emit","id":1,"event":"x","data":{{"s":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}}}}"#);
+        let r = decode_client_frame(&format!(
+            r#"{{"type":"emit","id":1,"event":"x","data":{deep}}}"#
+        ));
+        assert!(matches!(
+            r,
+            Err(FrameError {
+                id: Some(1),
+                code: ErrorCode::BadRequest,
+                ..
+            })
+        ));
+        let ok = format!(
+            r#"{{"type":"emit","id":1,"event":"x","data":{{"s":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}}}}"#
+        );
         assert!(decode_client_frame(&ok).is_ok());
     }
 
     #[test]
     fn event_frames_are_valid_json_whatever_the_payload() {
-        for payload in [&b""[..], b"  ", b"{\"a\":1}", b"not json", b"\xff\xfe", b"[1,2", b"\"s\""] {
+        for payload in [
+            &b""[..],
+            b"  ",
+            b"{\"a\":1}",
+            b"not json",
+            b"\xff\xfe",
+            b"[1,2",
+            b"\"s\"",
+        ] {
             let f = event_frame("c:1", "e", Some(1), payload);
             let v: serde_json::Value = serde_json::from_str(&f).unwrap();
             assert_eq!(v["type"], "event");
@@ -549,7 +605,10 @@ mod tests {
             f,
             r#"{"type":"joined","id":1,"room":"channel:42","epoch":"e","seq":3,"recovered":true,"missed":2}"#
         );
-        assert_eq!(ServerFrame::Pong { id: None }.encode(), r#"{"type":"pong"}"#);
+        assert_eq!(
+            ServerFrame::Pong { id: None }.encode(),
+            r#"{"type":"pong"}"#
+        );
     }
 
     proptest! {

@@ -156,7 +156,14 @@ mod tests {
 
     #[test]
     fn accepts_contract_examples() {
-        for r in ["channel:42", "dm:7-9", "program:abc", "user:6", "a:=", "k_1-x:A_b=c-9"] {
+        for r in [
+            "channel:42",
+            "dm:7-9",
+            "program:abc",
+            "user:6",
+            "a:=",
+            "k_1-x:A_b=c-9",
+        ] {
             assert!(Room::parse(r).is_ok(), "{r}");
         }
     }
@@ -164,9 +171,27 @@ mod tests {
     #[test]
     fn rejects_hostile_names() {
         for r in [
-            "", "channel", ":1", "channel:", "channel:4.2", "chan.nel:1", "channel:*", "channel:>",
-            "*:1", ">:1", "channel:a b", "channel: ", "Channel:1", "1channel:1", "channel:4\u{2024}2",
-            "channel:１", "channel:a:b", "channel:a\n", "channel:a\0", "user:a.b", "user:=Ng",
+            "",
+            "channel",
+            ":1",
+            "channel:",
+            "channel:4.2",
+            "chan.nel:1",
+            "channel:*",
+            "channel:>",
+            "*:1",
+            ">:1",
+            "channel:a b",
+            "channel: ",
+            "Channel:1",
+            "1channel:1",
+            "channel:4\u{2024}2",
+            "channel:１",
+            "channel:a:b",
+            "channel:a\n",
+            "channel:a\0",
+            "user:a.b",
+            "user:=Ng",
         ] {
             assert!(Room::parse(r).is_err(), "{r:?} must be rejected");
         }

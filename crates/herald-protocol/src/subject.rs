@@ -11,7 +11,9 @@ pub const DEFAULT_PREFIX: &str = "herald";
 
 /// Why a subject prefix is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("subject prefix must be dot-separated tokens of [A-Za-z0-9_-], e.g. `herald` or `acme.herald`")]
+#[error(
+    "subject prefix must be dot-separated tokens of [A-Za-z0-9_-], e.g. `herald` or `acme.herald`"
+)]
 pub struct BadPrefix;
 
 /// Builds and parses Herald's subjects for one prefix (`P` in the contract).
@@ -34,8 +36,7 @@ impl Subjects {
         let ok = !prefix.is_empty()
             && prefix.split('.').all(|t| {
                 !t.is_empty()
-                    && t
-                        .bytes()
+                    && t.bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
             });
         if ok {

@@ -1,0 +1,310 @@
+//! One WebSocket connection, from upgrade to close.
+//!
+//! [`run`] authenticates, registers the connection, spawns its writer
+//! ([`writer`]), joins the user's own room and the token's `join` rooms, and then
+//! loops over client frames, service commands, timers and shutdown. Each request
+//! type is handled in [`requests`]. Whatever ends the loop, the connection leaves
+//! every room and unregisters before the task ends.
+
+pub mod handle;
+pub mod handshake;
+pub mod limiter;
+pub mod requests;
+pub mod writer;
+
+use crate::auth::{Session, TokenSource};
+use crate::edge::Edge;
+use axum::extract::ws::{Message, WebSocket};
+use futures::StreamExt as _;
+use handle::{Command, ConnHandle, ConnQueues, Disconnect, Outbound};
+use herald_protocol::frame::ServerFrame;
+use herald_protocol::subject::LifecycleEvent;
+use herald_protocol::{CloseCode, Room};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// What the upgrade request told us before the socket existed.
+#[derive(Debug)]
+pub struct Upgrade {
+    /// Whether the `Origin` passed the allow-list.
+    pub origin_ok: bool,
+    /// The token found in the request, if any.
+    pub token: Option<(String, TokenSource)>,
+}
+
+/// A live, authenticated connection's state, owned by its task.
+pub struct Conn {
+    pub(crate) edge: Arc<Edge>,
+    pub(crate) handle: ConnHandle,
+    pub(crate) session: Session,
+    /// Rooms joined, with the room's last sequence at the time of joining.
+    pub(crate) rooms: HashMap<Room, u64>,
+    pub(crate) inflight: JoinSet<()>,
+    pub(crate) limiter: limiter::TokenBucket,
+    pub(crate) expires: Option<Instant>,
+}
+
+fn expiry_instant(exp: Option<u64>) -> Option<Instant> {
+    let exp = exp?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    Some(Instant::now() + Duration::from_secs(exp.saturating_sub(now)))
+}
+
+fn is_too_large(e: &axum::Error) -> bool {
+    let s = e.to_string();
+    s.contains("Message too long")
+        || s.contains("Space limit exceeded")
+        || s.contains("frame too long")
+}
+
+/// Serves one upgraded socket until it closes.
+pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
+    let _tracked = edge.tracker.token();
+    let (mut sink, mut stream) = socket.split();
+    if !up.origin_ok {
+        edge.metrics.auth_failure("origin");
+        edge.metrics.close(CloseCode::POLICY.0);
+        writer::close_with(
+            &mut sink,
+            &Disconnect::new(CloseCode::POLICY, "origin not allowed"),
+        )
+        .await;
+        return;
+    }
+    let session = match handshake::authenticate(&edge, &mut stream, up.token).await {
+        Ok(s) => s,
+        Err(d) => {
+            tracing::info!(code = d.code.0, reason = %d.reason, "connection refused");
+            edge.metrics.close(d.code.0);
+            writer::close_with(&mut sink, &d).await;
+            return;
+        }
+    };
+    let (
+        handle,
+        ConnQueues {
+            outbound,
+            mut commands,
+        },
+    ) = ConnHandle::new(
+        edge.new_conn_id(),
+        session.user.clone(),
+        edge.cfg.limits.outbound_queue,
+    );
+    if edge.metrics.connections.load(Relaxed) as usize >= edge.cfg.limits.max_connections {
+        edge.metrics.auth_failure("edge_full");
+        edge.metrics.close(CloseCode::TRY_AGAIN_LATER.0);
+        writer::close_with(
+            &mut sink,
+            &Disconnect::new(CloseCode::TRY_AGAIN_LATER, "edge is full: try again later"),
+        )
+        .await;
+        return;
+    }
+    if edge
+        .registry
+        .register(&handle, edge.cfg.limits.max_conns_per_user)
+        .is_none()
+    {
+        edge.metrics.auth_failure("too_many_connections");
+        edge.metrics.close(CloseCode::RATE_LIMITED.0);
+        let d = Disconnect::new(
+            CloseCode::RATE_LIMITED,
+            format!(
+                "too many connections for this user (limit {})",
+                edge.cfg.limits.max_conns_per_user
+            ),
+        );
+        writer::close_with(&mut sink, &d).await;
+        return;
+    }
+    edge.metrics.connections.fetch_add(1, Relaxed);
+    edge.metrics.connections_total.fetch_add(1, Relaxed);
+    let done = CancellationToken::new();
+    let mut writer_task = tokio::spawn(writer::run(
+        sink,
+        outbound,
+        handle.clone(),
+        edge.cfg.ping(),
+        done.clone(),
+    ));
+    let mut conn = Conn {
+        limiter: limiter::TokenBucket::new(
+            edge.cfg.limits.requests_per_sec,
+            edge.cfg.limits.request_burst,
+        ),
+        expires: expiry_instant(session.exp()),
+        edge: edge.clone(),
+        handle: handle.clone(),
+        session,
+        rooms: HashMap::new(),
+        inflight: JoinSet::new(),
+    };
+    tracing::debug!(conn = %handle.id(), user = %handle.user(), "connected");
+    conn.lifecycle(LifecycleEvent::ConnOpen, None);
+    let welcome = ServerFrame::Welcome {
+        conn: handle.id(),
+        user: conn.session.user.as_str(),
+        edge: &edge.id,
+        ping_ms: edge.cfg.timeouts.ping_ms,
+    }
+    .encode();
+    conn.send(welcome).await;
+    conn.auto_join().await;
+
+    let idle = edge.cfg.idle_timeout();
+    let mut idle_at = Instant::now() + idle;
+    let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    let closing: Option<Disconnect> = loop {
+        let expires = conn.expires.unwrap_or(far);
+        tokio::select! {
+            biased;
+            _ = handle.kill_token().cancelled() => break None,
+            _ = done.cancelled() => break None,
+            _ = edge.shutdown.cancelled() => {
+                break Some(Disconnect::new(CloseCode::RESTART, "server is restarting: reconnect and resume"));
+            }
+            _ = tokio::time::sleep_until(expires) => {
+                edge.metrics.auth_failure("expired_in_session");
+                break Some(Disconnect::new(CloseCode::TOKEN_EXPIRED, "token expired: refresh it and reconnect"));
+            }
+            _ = tokio::time::sleep_until(idle_at) => {
+                break Some(Disconnect::new(CloseCode::GOING_AWAY, "idle timeout: nothing received from the client"));
+            }
+            Some(cmd) = commands.recv() => {
+                if let Some(d) = conn.on_command(cmd).await {
+                    break Some(d);
+                }
+            }
+            Some(_) = conn.inflight.join_next(), if !conn.inflight.is_empty() => {}
+            msg = stream.next() => {
+                idle_at = Instant::now() + idle;
+                match msg {
+                    None | Some(Ok(Message::Close(_))) => break None,
+                    Some(Err(e)) if is_too_large(&e) => {
+                        break Some(Disconnect::new(
+                            CloseCode::TOO_LARGE,
+                            format!("frame too large (limit {} bytes)", edge.cfg.limits.max_frame_bytes),
+                        ));
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(conn = %handle.id(), error = %e, "socket error");
+                        break None;
+                    }
+                    Some(Ok(Message::Text(t))) => {
+                        if let Some(d) = conn.on_text(t.as_str()).await {
+                            break Some(d);
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        if let Some(d) = conn.on_binary().await {
+                            break Some(d);
+                        }
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                }
+            }
+        }
+    };
+    if let Some(d) = &closing {
+        edge.metrics.close(d.code.0);
+        tracing::debug!(conn = %handle.id(), code = d.code.0, reason = %d.reason, "closing");
+        // Queued frames go out first, then the disconnect and close frames.
+        if !handle
+            .push(Outbound::Close(d.clone()), edge.cfg.reply_enqueue())
+            .await
+        {
+            handle.kill(d.clone());
+        }
+    } else if let Some(d) = handle.killed() {
+        edge.metrics.close(d.code.0);
+    }
+    conn.inflight.abort_all();
+    for room in conn.rooms.keys() {
+        edge.router.leave(handle.id(), room);
+        conn.lifecycle(LifecycleEvent::RoomLeave, Some(room));
+    }
+    edge.registry.unregister(&handle);
+    edge.metrics.connections.fetch_sub(1, Relaxed);
+    conn.lifecycle(LifecycleEvent::ConnClose, None);
+    if tokio::time::timeout(edge.cfg.drain_timeout(), &mut writer_task)
+        .await
+        .is_err()
+    {
+        writer_task.abort();
+    }
+    done.cancel();
+}
+
+impl Conn {
+    /// Queues a frame for this connection, waiting for room if needed.
+    pub(crate) async fn send(&self, frame: String) {
+        if !self
+            .handle
+            .push(Outbound::Frame(frame.into()), self.edge.cfg.reply_enqueue())
+            .await
+        {
+            self.handle.kill(Disconnect::new(
+                CloseCode::SLOW_CONSUMER,
+                "slow consumer: reconnect and resume",
+            ));
+        }
+    }
+
+    async fn auto_join(&mut self) {
+        let own = Room::for_user(&self.session.user);
+        self.join(own, None, None, false).await;
+        let extra: Vec<String> = self.session.claims.join.clone();
+        for r in extra {
+            match Room::parse(&r) {
+                // Rooms in the signed `join` claim were granted by the token's issuer.
+                Ok(room) => self.join(room, None, None, false).await,
+                Err(e) => {
+                    tracing::warn!(room = %r, error = %e, "ignoring an invalid room in the token's `join` claim")
+                }
+            }
+        }
+    }
+
+    async fn on_command(&mut self, cmd: Command) -> Option<Disconnect> {
+        match cmd {
+            Command::Join(room) => {
+                self.join(room, None, None, false).await;
+                None
+            }
+            Command::Leave(room) => {
+                self.leave(room, None).await;
+                None
+            }
+            Command::Disconnect(d) => Some(d),
+        }
+    }
+
+    /// Publishes a lifecycle event for services (fire and forget).
+    pub(crate) fn lifecycle(&self, what: LifecycleEvent, room: Option<&Room>) {
+        let mut body = serde_json::json!({
+            "user": self.session.user.as_str(),
+            "conn": &**self.handle.id(),
+            "edge": self.edge.id,
+            "ts": SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
+        });
+        if let Some(r) = room {
+            body["room"] = r.as_str().into();
+        }
+        let client = self.edge.client.clone();
+        let subject = self.edge.subjects.lifecycle(what);
+        // Publishing only queues into the client's buffer; a full buffer or a
+        // disconnected client drops the event, which is documented as best-effort.
+        tokio::spawn(async move {
+            let _ = client.publish(subject, body.to_string().into()).await;
+        });
+    }
+}

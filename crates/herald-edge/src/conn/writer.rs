@@ -1,0 +1,100 @@
+//! The writer task: the only owner of a connection's socket sink.
+//!
+//! It drains the bounded queue in batches (feeding every frame that is already
+//! waiting, then flushing once), sends WebSocket pings on schedule, and ends the
+//! connection with a `disconnect` frame and a close frame when told to, or at
+//! once when the connection is killed (a slow consumer's queue is not flushed:
+//! it is the problem).
+
+use super::handle::{ConnHandle, Disconnect, Outbound};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures::SinkExt as _;
+use futures::stream::SplitSink;
+use herald_protocol::frame::ServerFrame;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Frames written before one flush; bounds the latency a burst adds.
+const MAX_BATCH: usize = 128;
+
+/// Sends `disconnect` then a close frame; errors are ignored (the peer may be gone).
+pub async fn close_with(sink: &mut SplitSink<WebSocket, Message>, d: &Disconnect) {
+    let frame = ServerFrame::Disconnect {
+        code: d.code.0,
+        reason: &d.reason,
+        reconnect: d.reconnect,
+    }
+    .encode();
+    let _ = sink.feed(Message::Text(frame.into())).await;
+    let reason: String = d.reason.chars().take(60).collect();
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code: d.code.0,
+            reason: reason.into(),
+        })))
+        .await;
+    let _ = sink.close().await;
+}
+
+/// Runs until the queue says close, the connection is killed, or the socket fails.
+/// `done` is cancelled on exit so that the reader stops too.
+pub async fn run(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    handle: ConnHandle,
+    ping_every: Duration,
+    done: CancellationToken,
+) {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let kill = handle.kill_token().clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = kill.cancelled() => {
+                if let Some(d) = handle.killed() {
+                    close_with(&mut sink, d).await;
+                }
+                break;
+            }
+            out = rx.recv() => {
+                let Some(out) = out else { break };
+                let mut next = Some(out);
+                let mut n = 0;
+                let mut closing = None;
+                while let Some(out) = next.take() {
+                    match out {
+                        Outbound::Frame(f) => {
+                            if sink.feed(Message::Text(f)).await.is_err() {
+                                done.cancel();
+                                return;
+                            }
+                        }
+                        Outbound::Close(d) => {
+                            closing = Some(d);
+                            break;
+                        }
+                    }
+                    n += 1;
+                    if n < MAX_BATCH {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    break;
+                }
+                if let Some(d) = closing {
+                    close_with(&mut sink, &d).await;
+                    break;
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
+            _ = done.cancelled() => break,
+        }
+    }
+    done.cancel();
+}

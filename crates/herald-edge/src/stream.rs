@@ -1,0 +1,345 @@
+//! The JetStream side: creating the stream and bucket (`herald setup`), checking
+//! them at start-up, the stream's epoch, and reading stored events back with
+//! Direct Get for resumes.
+//!
+//! Reads go through the Direct Get API by hand: batched requests
+//! (`{"seq","next_by_subj","batch"}`, server 2.11+) return up to a batch of a
+//! room's events per round trip, ending with a status-204 end-of-batch message,
+//! without creating any consumer state on the server.
+
+use crate::config::{Config, StreamConfig};
+use async_nats::jetstream::{self, kv, stream};
+use async_nats::{Client, HeaderMap, StatusCode};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use herald_protocol::{Subjects, headers};
+use std::time::Duration;
+
+/// Why a stream operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The stream does not exist.
+    #[error(
+        "JetStream stream `{0}` does not exist: run `herald setup` against this NATS (or start the edge with HERALD_SETUP_ON_START=true)"
+    )]
+    Missing(String),
+    /// The stream exists but is not set up the way Herald needs.
+    #[error(
+        "JetStream stream `{name}` is not configured for Herald ({what}): run `herald setup` to update it"
+    )]
+    Misconfigured {
+        /// Stream name.
+        name: String,
+        /// What differs.
+        what: String,
+    },
+    /// The KV bucket does not exist.
+    #[error("KV bucket `{0}` does not exist: run `herald setup`")]
+    MissingBucket(String),
+    /// A JetStream API call failed.
+    #[error("JetStream {op}: {message}")]
+    Api {
+        /// What was attempted.
+        op: &'static str,
+        /// The server's or client's message.
+        message: String,
+    },
+    /// NATS did not answer in time.
+    #[error("JetStream {0} timed out")]
+    Timeout(&'static str),
+}
+
+fn api(op: &'static str, e: impl std::fmt::Display) -> StreamError {
+    StreamError::Api {
+        op,
+        message: e.to_string(),
+    }
+}
+
+/// The stream configuration Herald wants, from config.
+pub fn stream_config(cfg: &StreamConfig, subjects: &Subjects) -> stream::Config {
+    stream::Config {
+        name: cfg.name.clone(),
+        description: Some("Herald durable room events".into()),
+        subjects: vec![subjects.room_wildcard()],
+        republish: Some(stream::Republish {
+            source: subjects.room_wildcard(),
+            destination: subjects.live_wildcard(),
+            headers_only: false,
+        }),
+        max_age: Duration::from_secs(cfg.max_age_secs),
+        max_messages_per_subject: cfg.max_msgs_per_subject,
+        max_bytes: cfg.max_bytes,
+        num_replicas: cfg.replicas,
+        duplicate_window: Duration::from_secs(cfg.duplicate_window_secs),
+        storage: if cfg.storage == "memory" {
+            stream::StorageType::Memory
+        } else {
+            stream::StorageType::File
+        },
+        discard: stream::DiscardPolicy::Old,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// The presence bucket configuration.
+pub fn bucket_config(cfg: &Config) -> kv::Config {
+    kv::Config {
+        bucket: cfg.presence.bucket.clone(),
+        description: "Herald presence".into(),
+        history: 1,
+        num_replicas: cfg.presence.replicas,
+        storage: jetstream::stream::StorageType::File,
+        // Per-key TTLs and expiry markers (server 2.11+): an entry whose heartbeat
+        // stops vanishes and watchers are told.
+        limit_markers: Some(Duration::from_secs(1)),
+        ..Default::default()
+    }
+}
+
+/// What `herald setup` did.
+#[derive(Debug)]
+pub struct SetupReport {
+    /// Stream name and whether it was new.
+    pub stream: (String, bool),
+    /// Bucket name and whether it was new.
+    pub bucket: (String, bool),
+}
+
+/// Creates or updates the stream and the presence bucket. Idempotent.
+pub async fn setup(client: &Client, cfg: &Config) -> Result<SetupReport, StreamError> {
+    let js = jetstream::new(client.clone());
+    let subjects = cfg.subjects();
+    let want = stream_config(&cfg.stream, &subjects);
+    let existed = js.get_stream(&cfg.stream.name).await.is_ok();
+    js.create_or_update_stream(want)
+        .await
+        .map_err(|e| api("creating or updating the stream", e))?;
+    let bucket_existed = js.get_key_value(&cfg.presence.bucket).await.is_ok();
+    if !bucket_existed {
+        js.create_key_value(bucket_config(cfg))
+            .await
+            .map_err(|e| api("creating the presence bucket", e))?;
+    }
+    Ok(SetupReport {
+        stream: (cfg.stream.name.clone(), !existed),
+        bucket: (cfg.presence.bucket.clone(), !bucket_existed),
+    })
+}
+
+/// Checks that the stream exists and republishes where edges listen; returns
+/// its epoch.
+pub async fn check(client: &Client, cfg: &Config) -> Result<String, StreamError> {
+    let js = jetstream::new(client.clone());
+    let subjects = cfg.subjects();
+    let mut s = match js.get_stream(&cfg.stream.name).await {
+        Ok(s) => s,
+        Err(e) if e.to_string().contains("not found") => {
+            return Err(StreamError::Missing(cfg.stream.name.clone()));
+        }
+        Err(e) => return Err(api("looking up the stream", e)),
+    };
+    let info = s.info().await.map_err(|e| api("reading stream info", e))?;
+    let c = &info.config;
+    let want_dest = subjects.live_wildcard();
+    match &c.republish {
+        Some(r) if r.destination == want_dest && !r.headers_only => {}
+        _ => {
+            return Err(StreamError::Misconfigured {
+                name: c.name.clone(),
+                what: format!(
+                    "it must republish {} to {want_dest}",
+                    subjects.room_wildcard()
+                ),
+            });
+        }
+    }
+    if !c.allow_direct {
+        return Err(StreamError::Misconfigured {
+            name: c.name.clone(),
+            what: "direct gets must be allowed".into(),
+        });
+    }
+    if js.get_key_value(&cfg.presence.bucket).await.is_err() {
+        return Err(StreamError::MissingBucket(cfg.presence.bucket.clone()));
+    }
+    Ok(epoch_of(&info))
+}
+
+/// The stream's epoch: its creation time in nanoseconds, in hex. It is the same
+/// for every edge and across restarts, and changes when the stream is deleted
+/// and created again (when every stored sequence becomes meaningless).
+pub fn epoch_of(info: &stream::Info) -> String {
+    format!("{:x}", info.created.unix_timestamp_nanos())
+}
+
+/// One stored event read back from the stream.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Stream sequence.
+    pub seq: u64,
+    /// Event name (`Herald-Event`); `None` if the producer left it out.
+    pub event: Option<String>,
+    /// Payload bytes.
+    pub payload: Bytes,
+    /// Producer headers relevant to delivery.
+    pub headers: Option<HeaderMap>,
+}
+
+fn header_u64(h: Option<&HeaderMap>, name: &str) -> Option<u64> {
+    h?.get(name)?.as_str().parse().ok()
+}
+
+/// Reads a stream's stored events with Direct Get.
+#[derive(Debug, Clone)]
+pub struct StreamReader {
+    client: Client,
+    api_subject: String,
+    batch: usize,
+    timeout: Duration,
+}
+
+impl StreamReader {
+    /// A reader for the named stream.
+    pub fn new(client: Client, stream: &str, batch: usize, timeout: Duration) -> Self {
+        Self {
+            client,
+            api_subject: format!("$JS.API.DIRECT.GET.{stream}"),
+            batch,
+            timeout,
+        }
+    }
+
+    async fn direct_get(
+        &self,
+        body: serde_json::Value,
+    ) -> Result<Option<async_nats::Message>, StreamError> {
+        let req = self
+            .client
+            .request(self.api_subject.clone(), body.to_string().into());
+        let msg = tokio::time::timeout(self.timeout, req)
+            .await
+            .map_err(|_| StreamError::Timeout("direct get"))?
+            .map_err(|e| api("direct get", e))?;
+        match msg.status {
+            Some(StatusCode::NOT_FOUND) => Ok(None),
+            Some(s) if s != StatusCode::OK => Err(api(
+                "direct get",
+                format!("status {s}: {:?}", msg.description),
+            )),
+            _ => Ok(Some(msg)),
+        }
+    }
+
+    /// The last sequence stored on `subject` (0 if none).
+    pub async fn last_seq(&self, subject: &str) -> Result<u64, StreamError> {
+        let msg = self
+            .direct_get(serde_json::json!({ "last_by_subj": subject }))
+            .await?;
+        Ok(msg
+            .and_then(|m| header_u64(m.headers.as_ref(), headers::NATS_SEQUENCE))
+            .unwrap_or(0))
+    }
+
+    /// Whether the message at `seq` is still stored and belongs to `subject`.
+    pub async fn holds(&self, seq: u64, subject: &str) -> Result<bool, StreamError> {
+        let msg = self.direct_get(serde_json::json!({ "seq": seq })).await?;
+        Ok(msg.is_some_and(|m| {
+            m.headers
+                .as_ref()
+                .and_then(|h| h.get(headers::NATS_SUBJECT))
+                .is_some_and(|s| s.as_str() == subject)
+        }))
+    }
+
+    /// Whether any message is stored at exactly `seq`.
+    pub async fn holds_any(&self, seq: u64) -> Result<bool, StreamError> {
+        Ok(self
+            .direct_get(serde_json::json!({ "seq": seq }))
+            .await?
+            .is_some())
+    }
+
+    /// Reads the events stored on `subject` with `after < seq <= upto`, oldest
+    /// first, at most `max` of them (`Err` only on NATS failures; a range longer
+    /// than `max` returns the first `max` and `true` for "truncated").
+    pub async fn range(
+        &self,
+        subject: &str,
+        after: u64,
+        upto: u64,
+        max: usize,
+    ) -> Result<(Vec<StoredEvent>, bool), StreamError> {
+        let mut out = Vec::new();
+        let mut next = after + 1;
+        while next <= upto {
+            let inbox = self.client.new_inbox();
+            let mut sub = self
+                .client
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|e| api("subscribing for a batch", e))?;
+            let body = serde_json::json!({
+                "seq": next,
+                "next_by_subj": subject,
+                "batch": self.batch,
+            });
+            self.client
+                .publish_with_reply(self.api_subject.clone(), inbox, body.to_string().into())
+                .await
+                .map_err(|e| api("requesting a batch", e))?;
+            let mut last_in_batch = None;
+            let pending;
+            loop {
+                let msg = tokio::time::timeout(self.timeout, sub.next())
+                    .await
+                    .map_err(|_| StreamError::Timeout("batched direct get"))?
+                    .ok_or_else(|| api("batched direct get", "subscription closed"))?;
+                match msg.status {
+                    // End of batch: carries how many matching messages remain.
+                    Some(s) if s.as_u16() == 204 => {
+                        pending = header_u64(msg.headers.as_ref(), headers::NATS_NUM_PENDING);
+                        break;
+                    }
+                    Some(StatusCode::NOT_FOUND) => {
+                        pending = Some(0);
+                        break;
+                    }
+                    Some(s) if s != StatusCode::OK => {
+                        return Err(api(
+                            "batched direct get",
+                            format!("status {s}: {:?}", msg.description),
+                        ));
+                    }
+                    _ => {}
+                }
+                let h = msg.headers.as_ref();
+                let Some(seq) = header_u64(h, headers::NATS_SEQUENCE) else {
+                    continue;
+                };
+                last_in_batch = Some(seq);
+                if seq > upto {
+                    continue;
+                }
+                if out.len() == max {
+                    return Ok((out, true));
+                }
+                out.push(StoredEvent {
+                    seq,
+                    event: h
+                        .and_then(|h| h.get(headers::EVENT))
+                        .map(|v| v.as_str().to_owned()),
+                    payload: msg.payload,
+                    headers: msg.headers,
+                });
+            }
+            let _ = sub.unsubscribe().await;
+            match (last_in_batch, pending) {
+                (Some(last), Some(p)) if p > 0 && last < upto => next = last + 1,
+                _ => break,
+            }
+        }
+        Ok((out, false))
+    }
+}
