@@ -427,11 +427,11 @@ mod tests {
     #[tokio::test]
     async fn refused_tokens() {
         let v = verifier();
-        assert_eq!(
+        assert!(matches!(
             v.verify(&token(serde_json::json!({"sub":"6","exp": now()-100})))
                 .await,
-            Err(AuthError::Expired).map(|_: Session| unreachable!())
-        );
+            Err(AuthError::Expired)
+        ));
         assert!(matches!(
             v.verify(&token(serde_json::json!({"exp": now()+60}))).await,
             Err(AuthError::Invalid(_))

@@ -164,7 +164,7 @@ pub async fn check(client: &Client, cfg: &Config) -> Result<String, StreamError>
     if js.get_key_value(&cfg.presence.bucket).await.is_err() {
         return Err(StreamError::MissingBucket(cfg.presence.bucket.clone()));
     }
-    Ok(epoch_of(&info))
+    Ok(epoch_of(info))
 }
 
 /// The stream's epoch: its creation time in nanoseconds, in hex. It is the same

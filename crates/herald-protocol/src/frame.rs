@@ -566,7 +566,8 @@ mod tests {
             })
         ));
         let ok = format!(
-            r#"{{"type":"emit","id":1,"event":"x","data":{{"s":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}}}}"#
+            r#"{{"type":"emit","id":1,"event":"x","data":{{"s":"{}"}}}}"#,
+            "[".repeat(80)
         );
         assert!(decode_client_frame(&ok).is_ok());
     }
