@@ -352,7 +352,10 @@ impl Verifier {
         v.validate_nbf = true;
         v.required_spec_claims.clear();
         match &self.audience {
-            Some(a) => v.set_audience(&[a]),
+            Some(a) => {
+                v.set_audience(&[a]);
+                v.required_spec_claims.insert("aud".into());
+            }
             None => v.validate_aud = false,
         }
         if let Some(i) = &self.issuer {

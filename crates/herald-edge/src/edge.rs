@@ -146,11 +146,16 @@ impl Edge {
     /// recreated).
     pub async fn refresh_epoch(&self) -> Result<(), stream::StreamError> {
         let e = stream::check(&self.client, &self.cfg).await?;
-        if let Ok(mut w) = self.epoch.write()
-            && *w != e
-        {
-            tracing::warn!(old = %*w, new = %e, "stream epoch changed: the stream was recreated");
-            *w = e;
+        let changed = match self.epoch.write() {
+            Ok(mut w) if *w != e => {
+                tracing::warn!(old = %*w, new = %e, "stream epoch changed: the stream was recreated");
+                *w = e;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            self.router.reset_sequences();
         }
         Ok(())
     }

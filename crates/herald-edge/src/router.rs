@@ -249,6 +249,25 @@ impl Router {
         was
     }
 
+    /// The last durable sequence delivered in `room`, if it has local members.
+    pub fn last_seq(&self, room: &Room) -> Option<u64> {
+        let state = self.rooms.lock().ok()?.get(room).cloned()?;
+        state.members.lock().ok().map(|m| m.last_seq)
+    }
+
+    /// Forgets every room's last sequence: the stream was recreated and its
+    /// sequences start again from 1. Each room then catches up from the new
+    /// stream's beginning.
+    pub fn reset_sequences(&self) {
+        let Ok(rooms) = self.rooms.lock() else { return };
+        for state in rooms.values() {
+            if let Ok(mut m) = state.members.lock() {
+                m.last_seq = 0;
+            }
+        }
+        let _ = self.signals.send(NatsSignal::Reconnected);
+    }
+
     /// The stored-event subject of a room.
     pub fn stored_subject(&self, room: &Room) -> String {
         self.subjects.room(room)

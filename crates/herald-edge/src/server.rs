@@ -89,6 +89,10 @@ async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
 pub async fn serve(edge: Arc<Edge>, listener: TcpListener) -> std::io::Result<()> {
     let ctl = tokio::spawn(crate::control::run(edge.clone()));
     let epoch_watch = tokio::spawn(watch_reconnects(edge.clone()));
+    let jwks = edge
+        .verifier
+        .uses_jwks()
+        .then(|| tokio::spawn(refresh_jwks(edge.clone())));
     let app = routes(edge.clone());
     let shutdown = edge.shutdown.clone();
     axum::serve(listener, app)
@@ -107,6 +111,9 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) -> std::io::Result<()
     }
     ctl.abort();
     epoch_watch.abort();
+    if let Some(j) = jwks {
+        j.abort();
+    }
     if let Err(e) = tokio::time::timeout(Duration::from_secs(5), edge.client.drain()).await {
         tracing::warn!(error = %e, "NATS drain timed out");
     }
@@ -127,5 +134,17 @@ async fn watch_reconnects(edge: Arc<Edge>) {
             Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
             Err(_) => break,
         }
+    }
+}
+
+/// Fetches the JWKS document at start and every `auth.jwks_refresh_secs`.
+async fn refresh_jwks(edge: Arc<Edge>) {
+    let every = Duration::from_secs(edge.cfg.auth.jwks_refresh_secs.max(1));
+    loop {
+        match edge.verifier.refresh_jwks(true).await {
+            Ok(n) => tracing::info!(keys = n, "JWKS loaded"),
+            Err(e) => tracing::warn!(error = %e, "JWKS refresh failed; keeping the previous keys"),
+        }
+        tokio::time::sleep(every).await;
     }
 }

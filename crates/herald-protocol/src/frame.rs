@@ -235,6 +235,17 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
             format!("`data` is nested deeper than {MAX_DATA_DEPTH} levels"),
         ));
     }
+    // Numbers a service cannot represent (1e999999) are refused here.
+    if let Some(data) = &env.data
+        && data.get().bytes().any(|b| b == b'e' || b == b'E')
+        && serde_json::from_str::<serde_json::Value>(data.get()).is_err()
+    {
+        return Err(FrameError::new(
+            id,
+            ErrorCode::BadRequest,
+            "`data` holds a number out of range",
+        ));
+    }
     let room = |r: Option<String>| -> Result<Room, FrameError> {
         let r = r.ok_or_else(|| {
             FrameError::new(

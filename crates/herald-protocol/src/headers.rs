@@ -4,9 +4,11 @@
 pub const EVENT: &str = "Herald-Event";
 /// Skip this connection id when fanning out (the sender's own connection).
 pub const EXCLUDE_CONN: &str = "Herald-Exclude-Conn";
-/// Skip every connection of this user id (raw, not encoded).
+/// Skip every connection of this user: the encoded id (see [`crate::user`]);
+/// edges also accept a raw id that needs no encoding.
 pub const EXCLUDE_USER: &str = "Herald-Exclude-User";
-/// On RPC and authz requests: the requesting user id (raw).
+/// On RPC and authz requests: the requesting user, encoded (see
+/// [`crate::user`]; a plain id like `6` is unchanged).
 pub const USER: &str = "Herald-User";
 /// On RPC and authz requests: the requesting connection id.
 pub const CONN: &str = "Herald-Conn";

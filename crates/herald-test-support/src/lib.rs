@@ -41,3 +41,67 @@ pub fn now() -> u64 {
 pub fn user_token(sub: &str, rooms: &[&str]) -> String {
     token(serde_json::json!({"sub": sub, "exp": now() + 3600, "rooms": rooms}))
 }
+
+/// Reads one un-labelled metric from an edge's `/metrics`.
+pub async fn metric(edge: &Herald, name: &str) -> f64 {
+    let (_, body) = edge.get("/metrics").await.expect("GET /metrics");
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|r| r.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("metric {name} not found in:\n{body}"))
+}
+
+/// Publishes a durable event through JetStream; returns its sequence.
+pub async fn publish(
+    js: &async_nats::jetstream::Context,
+    room: &str,
+    event: &str,
+    data: serde_json::Value,
+) -> u64 {
+    publish_with(js, room, event, data, &[]).await
+}
+
+/// Like [`publish`], with extra headers.
+pub async fn publish_with(
+    js: &async_nats::jetstream::Context,
+    room: &str,
+    event: &str,
+    data: serde_json::Value,
+    extra: &[(&str, &str)],
+) -> u64 {
+    let room = herald_protocol::Room::parse(room).expect("valid room");
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Herald-Event", event);
+    for (k, v) in extra {
+        h.insert(*k, *v);
+    }
+    js.publish_with_headers(
+        herald_protocol::Subjects::default().room(&room),
+        h,
+        data.to_string().into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("JetStream ack")
+    .sequence
+}
+
+/// Waits until `f` holds, polling; panics with `what` after `t`.
+pub async fn eventually<F, Fut>(t: std::time::Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + t;
+    while !f().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

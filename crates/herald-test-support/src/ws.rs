@@ -68,8 +68,9 @@ impl WsClient {
 
     /// The next JSON frame (pings and pongs skipped); `Err` on close or timeout.
     pub async fn recv_within(&mut self, t: Duration) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + t;
         loop {
-            let m = tokio::time::timeout(t, self.ws.next())
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .map_err(|_| anyhow!("no frame within {t:?}"))?;
             match m {
@@ -113,16 +114,20 @@ impl WsClient {
     pub async fn expect_close(&mut self) -> Result<(Option<Value>, u16)> {
         let mut disconnect = None;
         loop {
-            match self.recv().await {
+            let r = self.recv().await;
+            if std::env::var_os("HERALD_TEST_LOGS").is_some() {
+                eprintln!("[client] {:?} {r:?}", std::time::SystemTime::now());
+            }
+            match r {
                 Ok(v) if v["type"] == "disconnect" => disconnect = Some(v),
                 Ok(_) => continue,
-                Err(_) => {
+                Err(e) => {
                     let code = self
                         .closed
                         .clone()
                         .flatten()
                         .map(|f| u16::from(f.code))
-                        .context("connection ended without a close frame")?;
+                        .with_context(|| format!("connection ended without a close frame: {e}"))?;
                     return Ok((disconnect, code));
                 }
             }

@@ -65,6 +65,21 @@ fn is_too_large(e: &axum::Error) -> bool {
         || s.contains("frame too long")
 }
 
+/// After our close frame, reads (and drops) what the client still sends until
+/// its close reply, so that the TCP connection is not torn down under frames
+/// the client has yet to read (a reset would discard them, our close included).
+async fn linger(stream: &mut futures::stream::SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+}
+
 /// Serves one upgraded socket until it closes.
 pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
     let _tracked = edge.tracker.token();
@@ -77,6 +92,7 @@ pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
             &Disconnect::new(CloseCode::POLICY, "origin not allowed"),
         )
         .await;
+        linger(&mut stream).await;
         return;
     }
     let session = match handshake::authenticate(&edge, &mut stream, up.token).await {
@@ -85,6 +101,7 @@ pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
             tracing::info!(code = d.code.0, reason = %d.reason, "connection refused");
             edge.metrics.close(d.code.0);
             writer::close_with(&mut sink, &d).await;
+            linger(&mut stream).await;
             return;
         }
     };
@@ -107,6 +124,7 @@ pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
             &Disconnect::new(CloseCode::TRY_AGAIN_LATER, "edge is full: try again later"),
         )
         .await;
+        linger(&mut stream).await;
         return;
     }
     if edge
@@ -124,6 +142,7 @@ pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
             ),
         );
         writer::close_with(&mut sink, &d).await;
+        linger(&mut stream).await;
         return;
     }
     edge.metrics.connections.fetch_add(1, Relaxed);
@@ -149,7 +168,7 @@ pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
         inflight: JoinSet::new(),
     };
     tracing::debug!(conn = %handle.id(), user = %handle.user(), "connected");
-    conn.lifecycle(LifecycleEvent::ConnOpen, None);
+    conn.lifecycle(LifecycleEvent::ConnOpen, None).await;
     let welcome = ServerFrame::Welcome {
         conn: handle.id(),
         user: conn.session.user.as_str(),
@@ -230,16 +249,19 @@ pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
     conn.inflight.abort_all();
     for room in conn.rooms.keys() {
         edge.router.leave(handle.id(), room);
-        conn.lifecycle(LifecycleEvent::RoomLeave, Some(room));
+        conn.lifecycle(LifecycleEvent::RoomLeave, Some(room)).await;
     }
     edge.registry.unregister(&handle);
     edge.metrics.connections.fetch_sub(1, Relaxed);
-    conn.lifecycle(LifecycleEvent::ConnClose, None);
+    conn.lifecycle(LifecycleEvent::ConnClose, None).await;
     if tokio::time::timeout(edge.cfg.drain_timeout(), &mut writer_task)
         .await
         .is_err()
     {
         writer_task.abort();
+    }
+    if closing.is_some() || handle.killed().is_some() {
+        linger(&mut stream).await;
     }
     done.cancel();
 }
@@ -288,8 +310,9 @@ impl Conn {
         }
     }
 
-    /// Publishes a lifecycle event for services (fire and forget).
-    pub(crate) fn lifecycle(&self, what: LifecycleEvent, room: Option<&Room>) {
+    /// Publishes a lifecycle event for services. Core NATS, best effort: the
+    /// call only queues into the client's buffer, in order.
+    pub(crate) async fn lifecycle(&self, what: LifecycleEvent, room: Option<&Room>) {
         let mut body = serde_json::json!({
             "user": self.session.user.as_str(),
             "conn": &**self.handle.id(),
@@ -299,12 +322,14 @@ impl Conn {
         if let Some(r) = room {
             body["room"] = r.as_str().into();
         }
-        let client = self.edge.client.clone();
         let subject = self.edge.subjects.lifecycle(what);
-        // Publishing only queues into the client's buffer; a full buffer or a
-        // disconnected client drops the event, which is documented as best-effort.
-        tokio::spawn(async move {
-            let _ = client.publish(subject, body.to_string().into()).await;
-        });
+        if let Err(e) = self
+            .edge
+            .client
+            .publish(subject, body.to_string().into())
+            .await
+        {
+            tracing::debug!(error = %e, "lifecycle event not published");
+        }
     }
 }

@@ -52,8 +52,8 @@ impl Conn {
     }
 
     pub(crate) async fn on_binary(&mut self) -> Option<Disconnect> {
-        if let Some(d) = self.rate_check() {
-            return Some(d);
+        if !self.limiter.take() {
+            return self.rate_limited(None).await;
         }
         self.fail(
             None,
@@ -66,43 +66,30 @@ impl Conn {
         None
     }
 
-    /// Applies the rate limit: `Some` when the connection must close.
-    fn rate_check(&mut self) -> Option<Disconnect> {
-        if self.limiter.take() {
-            return None;
-        }
-        if self.limiter.refused_in_a_row >= self.edge.cfg.limits.rate_limit_close_after {
+    /// Answers a request refused by the rate limit; `Some` when refusals in a
+    /// row have reached the point where the connection is closed.
+    async fn rate_limited(&mut self, id: Option<i64>) -> Option<Disconnect> {
+        let limits = &self.edge.cfg.limits;
+        if self.limiter.refused_in_a_row >= limits.rate_limit_close_after {
             return Some(Disconnect::new(
                 CloseCode::RATE_LIMITED,
                 "rate limited: too many requests",
             ));
         }
+        let msg = format!(
+            "rate limited: at most {} requests per second (burst {})",
+            limits.requests_per_sec, limits.request_burst
+        );
+        self.fail(id, Failure::new(ErrorCode::RateLimited, msg))
+            .await;
         None
     }
 
     pub(crate) async fn on_text(&mut self, text: &str) -> Option<Disconnect> {
         if !self.limiter.take() {
-            if self.limiter.refused_in_a_row >= self.edge.cfg.limits.rate_limit_close_after {
-                return Some(Disconnect::new(
-                    CloseCode::RATE_LIMITED,
-                    "rate limited: too many requests",
-                ));
-            }
             // Only the id is wanted here; a frame that fails to decode gets no id.
             let id = decode_client_frame(text).ok().and_then(|f| f.id());
-            let limits = &self.edge.cfg.limits;
-            self.fail(
-                id,
-                Failure::new(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "rate limited: at most {} requests per second (burst {})",
-                        limits.requests_per_sec, limits.request_burst
-                    ),
-                ),
-            )
-            .await;
-            return None;
+            return self.rate_limited(id).await;
         }
         let frame = match decode_client_frame(text) {
             Ok(f) => f,
@@ -246,6 +233,16 @@ impl Conn {
         check: bool,
     ) {
         let epoch = self.edge.epoch();
+        if room.user().is_some_and(|u| u != self.session.user) {
+            // Not even the token's `join` claim or a service may put a
+            // connection into another user's private room.
+            return self
+                .fail(
+                    id,
+                    Failure::new(ErrorCode::Forbidden, "another user's private room"),
+                )
+                .await;
+        }
         if let Some(&joined_at) = self.rooms.get(&room) {
             // Already a member: live events have flowed since `joined_at`, so a
             // cursor at or past it has missed nothing.
@@ -254,7 +251,7 @@ impl Conn {
                 id,
                 room: room.as_str(),
                 epoch: &epoch,
-                seq: joined_at,
+                seq: self.edge.router.last_seq(&room).unwrap_or(joined_at),
                 recovered,
                 missed: 0,
             };
@@ -312,7 +309,7 @@ impl Conn {
         self.edge
             .router
             .activate(&room, self.handle.id(), resume.last.max(ticket.last_seq));
-        self.lifecycle(LifecycleEvent::RoomJoin, Some(&room));
+        self.lifecycle(LifecycleEvent::RoomJoin, Some(&room)).await;
     }
 
     /// Reads what a `since` cursor missed, up to `upto` (the room's sequence
@@ -403,7 +400,7 @@ impl Conn {
             return;
         }
         self.edge.router.leave(self.handle.id(), &room);
-        self.lifecycle(LifecycleEvent::RoomLeave, Some(&room));
+        self.lifecycle(LifecycleEvent::RoomLeave, Some(&room)).await;
         self.send(
             ServerFrame::Left {
                 id,

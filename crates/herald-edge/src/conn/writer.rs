@@ -34,7 +34,8 @@ pub async fn close_with(sink: &mut SplitSink<WebSocket, Message>, d: &Disconnect
             reason: reason.into(),
         })))
         .await;
-    let _ = sink.close().await;
+    // No `sink.close()`: the socket stays open until the client answers the
+    // close frame (see `conn::linger`), so it can read everything we sent.
 }
 
 /// Runs until the queue says close, the connection is killed, or the socket fails.
