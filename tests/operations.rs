@@ -1,1 +1,368 @@
-//! placeholder
+//! Operating Herald: health and metrics endpoints, NATS outages, slow
+//! consumers, the SIGTERM drain, `herald setup`/`publish`/`dev`, and start-up
+//! errors that tell the user what to do.
+#![allow(clippy::unwrap_used)]
+
+use herald_test_support::{
+    Herald, HeraldBuilder, NatsServer, SECRET, WsClient, eventually, herald_bin, metric, publish,
+    user_token,
+};
+use serde_json::json;
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn herald(nats_url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(herald_bin())
+        .args(args)
+        .env_remove("HERALD_CONFIG")
+        .env("HERALD_NATS__URL", nats_url)
+        .env("HERALD_AUTH__HS256_SECRET", SECRET)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_endpoints_answer() {
+    let nats = NatsServer::start().unwrap();
+    let edge = Herald::start(&nats).unwrap();
+    assert_eq!(edge.get("/healthz").await.unwrap().0, 200);
+    assert_eq!(edge.get("/readyz").await.unwrap().0, 200);
+    let _c = WsClient::connect_welcomed(&edge.ws_url(), &user_token("6", &[]))
+        .await
+        .unwrap();
+    let (status, body) = edge.get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    for name in [
+        "herald_connections 1",
+        "herald_rooms 1",
+        "herald_nats_subscriptions 1",
+        "herald_events_in_total",
+        "herald_events_out_total",
+        "herald_slow_consumer_disconnects_total",
+        "herald_auth_failures_total",
+        "herald_rpc_latency_seconds_bucket",
+    ] {
+        assert!(body.contains(name), "{name} missing from\n{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_nats_restart_is_invisible_to_clients_and_readyz_follows_it() {
+    let mut nats = NatsServer::start().unwrap();
+    let edge = Herald::start(&nats).unwrap();
+    let (mut c, _) = WsClient::connect_welcomed(&edge.ws_url(), &user_token("6", &["channel:*"]))
+        .await
+        .unwrap();
+    c.expect("joined").await.unwrap();
+    c.join(1, "channel:1").await.unwrap();
+    let js = async_nats::jetstream::new(nats.client().await.unwrap());
+    let s1 = publish(&js, "channel:1", "m", json!(1)).await;
+    assert_eq!(c.expect("event").await.unwrap()["seq"], s1);
+    nats.stop();
+    eventually(Duration::from_secs(10), "readyz 503", || async {
+        edge.get("/readyz").await.unwrap().0 == 503
+    })
+    .await;
+    // The client is kept meanwhile.
+    c.send(json!({"type":"ping","id":1})).await.unwrap();
+    assert_eq!(c.expect("pong").await.unwrap()["id"], 1);
+    nats.restart().unwrap();
+    eventually(Duration::from_secs(20), "readyz 200", || async {
+        edge.get("/readyz").await.unwrap().0 == 200
+    })
+    .await;
+    let js = async_nats::jetstream::new(nats.client().await.unwrap());
+    let s2 = publish(&js, "channel:1", "m", json!(2)).await;
+    assert_eq!(c.expect("event").await.unwrap()["seq"], s2);
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_closed_with_4008_and_others_get_everything() {
+    let nats = NatsServer::start().unwrap();
+    let edge = HeraldBuilder::new(&nats)
+        .env("HERALD_LIMITS__OUTBOUND_QUEUE", "8")
+        .start()
+        .unwrap();
+    let t = user_token("6", &["channel:*"]);
+    let (mut slow, _) = WsClient::connect_welcomed(&edge.ws_url(), &t)
+        .await
+        .unwrap();
+    slow.expect("joined").await.unwrap();
+    slow.join(1, "channel:1").await.unwrap();
+    let (mut fast, _) =
+        WsClient::connect_welcomed(&edge.ws_url(), &user_token("7", &["channel:*"]))
+            .await
+            .unwrap();
+    fast.expect("joined").await.unwrap();
+    fast.join(1, "channel:1").await.unwrap();
+    // The slow client stops reading; 64 KiB events fill its socket, then its queue.
+    let js = async_nats::jetstream::new(nats.client().await.unwrap());
+    let big = "x".repeat(64 * 1024);
+    let n = 400;
+    let reader = tokio::spawn(async move {
+        for _ in 0..n {
+            fast.expect("event").await.unwrap();
+        }
+        fast
+    });
+    for i in 0..n {
+        publish(&js, "channel:1", "m", json!({"i": i, "pad": big})).await;
+    }
+    let _fast = reader.await.unwrap();
+    eventually(Duration::from_secs(10), "4008 counted", || async {
+        metric(&edge, "herald_slow_consumer_disconnects_total").await == 1.0
+    })
+    .await;
+    let (d, code) = slow.expect_close().await.unwrap();
+    assert_eq!(code, 4008);
+    assert_eq!(d.unwrap()["reconnect"], true);
+}
+
+#[tokio::test]
+async fn sigterm_drains_clients_with_1012_and_exits_cleanly() {
+    let nats = NatsServer::start().unwrap();
+    let mut edge = Herald::start(&nats).unwrap();
+    let mut clients = Vec::new();
+    for u in ["1", "2", "3"] {
+        let (mut c, _) = WsClient::connect_welcomed(&edge.ws_url(), &user_token(u, &[]))
+            .await
+            .unwrap();
+        c.expect("joined").await.unwrap();
+        clients.push(c);
+    }
+    edge.sigterm();
+    for c in &mut clients {
+        let (d, code) = c.expect_close().await.unwrap();
+        assert_eq!(code, 1012);
+        let d = d.unwrap();
+        assert_eq!(
+            (d["code"].as_u64(), d["reconnect"].as_bool()),
+            (Some(1012), Some(true))
+        );
+    }
+    let status = tokio::task::spawn_blocking(move || edge.wait_exit(Duration::from_secs(15)))
+        .await
+        .unwrap()
+        .expect("herald exits after draining");
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn setup_is_idempotent_and_serve_refuses_to_start_without_it() {
+    let nats = NatsServer::start().unwrap();
+    let err = HeraldBuilder::new(&nats)
+        .env("HERALD_SETUP_ON_START", "false")
+        .start()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("herald setup"), "{err}");
+    for _ in 0..2 {
+        let out = herald(&nats.url(), &["setup"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("stream HERALD"));
+    }
+    HeraldBuilder::new(&nats)
+        .env("HERALD_SETUP_ON_START", "false")
+        .start()
+        .unwrap();
+    // The stream matches the definition kept in nats/stream.json.
+    let js = async_nats::jetstream::new(nats.client().await.unwrap());
+    let info = js
+        .get_stream("HERALD")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../nats/stream.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(file["name"], info.name);
+    assert_eq!(file["subjects"], json!(info.subjects));
+    assert_eq!(file["max_msgs_per_subject"], info.max_messages_per_subject);
+    assert_eq!(
+        file["max_age"].as_u64().unwrap() as u128,
+        info.max_age.as_nanos()
+    );
+    assert_eq!(
+        file["duplicate_window"].as_u64().unwrap() as u128,
+        info.duplicate_window.as_nanos()
+    );
+    assert_eq!(file["allow_direct"], info.allow_direct);
+    let r = info.republish.unwrap();
+    assert_eq!(
+        (
+            file["republish"]["src"].as_str(),
+            file["republish"]["dest"].as_str()
+        ),
+        (Some(r.source.as_str()), Some(r.destination.as_str()))
+    );
+}
+
+#[tokio::test]
+async fn start_up_errors_name_the_setting_to_fix() {
+    let nats = NatsServer::start().unwrap();
+    let err = HeraldBuilder::new(&nats)
+        .unset("HERALD_AUTH__HS256_SECRET")
+        .start()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("HERALD_AUTH__HS256_SECRET"), "{err}");
+    let err = HeraldBuilder::new(&nats)
+        .env("HERALD_LIMITS__OUTBOUND_QUEUE", "0")
+        .start()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("HERALD_LIMITS__OUTBOUND_QUEUE"), "{err}");
+    let err = HeraldBuilder::with_url("nats://127.0.0.1:1")
+        .start()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("cannot connect to NATS") && err.contains("HERALD_NATS__URL"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn herald_publish_stores_once_per_msg_id_and_sends_volatile_events() {
+    let nats = NatsServer::start().unwrap();
+    let edge = Herald::start(&nats).unwrap();
+    let (mut c, _) = WsClient::connect_welcomed(&edge.ws_url(), &user_token("6", &["channel:*"]))
+        .await
+        .unwrap();
+    c.expect("joined").await.unwrap();
+    c.join(1, "channel:5").await.unwrap();
+    for _ in 0..2 {
+        let out = herald(
+            &nats.url(),
+            &[
+                "publish",
+                "channel:5",
+                "order:paid",
+                r#"{"id":1}"#,
+                "--msg-id",
+                "order-1",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let ev = c.expect("event").await.unwrap();
+    assert_eq!(
+        (ev["event"].as_str(), ev["data"].clone()),
+        (Some("order:paid"), json!({"id":1}))
+    );
+    let out = herald(
+        &nats.url(),
+        &["publish", "--volatile", "channel:5", "typing", "{}"],
+    );
+    assert!(out.status.success());
+    let ev = c.expect("event").await.unwrap();
+    assert!(ev.get("seq").is_none());
+    // Bad input is refused before anything is sent.
+    let out = herald(&nats.url(), &["publish", "channel:*", "x", "{}"]);
+    assert!(!out.status.success());
+    let out = herald(&nats.url(), &["publish", "channel:1", "x", "{not json"]);
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn herald_dev_runs_nats_setup_and_an_edge_with_a_working_token() {
+    let mut child = Command::new(herald_bin())
+        .arg("dev")
+        .env("HERALD_LISTEN", "127.0.0.1:0")
+        .env_remove("HERALD_NATS__URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut ws, mut token, mut nats_url) = (None, None, None);
+    while ws.is_none() || token.is_none() || nats_url.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("herald dev printed its URLs");
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("websocket"), Some(u)) => ws = Some(u.to_owned()),
+            (Some("token"), Some(t)) => token = Some(t.to_owned()),
+            (Some("NATS"), Some(u)) => nats_url = Some(u.to_owned()),
+            _ => {}
+        }
+    }
+    let (ws, token, nats_url) = (ws.unwrap(), token.unwrap(), nats_url.unwrap());
+    let (mut c, _) = WsClient::connect_welcomed(&ws, &token).await.unwrap();
+    c.expect("joined").await.unwrap();
+    c.join(1, "channel:42").await.unwrap();
+    let out = Command::new(herald_bin())
+        .args([
+            "publish",
+            "channel:42",
+            "message:new",
+            r#"{"text":"hello"}"#,
+        ])
+        .env("HERALD_NATS__URL", &nats_url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(c.expect("event").await.unwrap()["data"]["text"], "hello");
+    // The demo page is served.
+    let addr = ws
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .parse()
+        .unwrap();
+    let (status, body) = herald_test_support::process::http_get(addr, "/")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("Herald"));
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn logs_are_json_lines_when_asked() {
+    let nats = NatsServer::start().unwrap();
+    let edge = Herald::start(&nats).unwrap();
+    let logs = edge.logs();
+    assert!(!logs.is_empty());
+    for l in &logs {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["message"].is_string());
+    }
+}
