@@ -14,6 +14,16 @@ pub enum ConfigError {
     /// The file or environment could not be read or parsed.
     #[error("could not load configuration: {0}")]
     Load(#[from] config::ConfigError),
+    /// The file names a setting Herald does not have (most likely a typo).
+    #[error("unknown setting `{key}` in {file}{hint}")]
+    UnknownKey {
+        /// The dotted key.
+        key: String,
+        /// The file.
+        file: String,
+        /// A suggestion, if a known key is close.
+        hint: String,
+    },
     /// A value is present but unusable.
     #[error("invalid configuration `{key}` (env {env}): {message}")]
     Invalid {
@@ -421,6 +431,54 @@ impl Default for LogConfig {
     }
 }
 
+/// Every settable key, dotted (`auth.hs256_secret`), from the defaults.
+fn known_keys() -> Vec<String> {
+    let v = serde_json::to_value(Config::default()).unwrap_or_default();
+    let mut out = Vec::new();
+    leaf_keys(&v, "", &mut out);
+    out
+}
+
+fn leaf_keys(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+    match v.as_object() {
+        Some(map) => {
+            for (k, v) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                if v.is_object() {
+                    leaf_keys(v, &path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        None => out.push(prefix.to_owned()),
+    }
+}
+
+/// The known key with the most characters in common position-wise, if close.
+fn closest<'a>(key: &str, known: &'a [String]) -> Option<&'a String> {
+    let score = |a: &str, b: &str| {
+        let common = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+        let suffix = a
+            .chars()
+            .rev()
+            .zip(b.chars().rev())
+            .take_while(|(x, y)| x == y)
+            .count();
+        common + suffix
+    };
+    known
+        .iter()
+        .map(|k| (score(key, k), k))
+        .max_by_key(|(s, _)| *s)
+        .filter(|(s, _)| *s * 2 >= key.len())
+        .map(|(_, k)| k)
+}
+
 fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
@@ -438,7 +496,25 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut b = config::Config::builder();
         if let Some(f) = file {
-            b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
+            let source = config::File::from(f).format(config::FileFormat::Toml);
+            let only_file: serde_json::Value = config::Config::builder()
+                .add_source(source.clone())
+                .build()?
+                .try_deserialize()?;
+            let known = known_keys();
+            let mut found = Vec::new();
+            leaf_keys(&only_file, "", &mut found);
+            if let Some(key) = found.into_iter().find(|k| !known.contains(k)) {
+                let hint = closest(&key, &known)
+                    .map(|k| format!(" (did you mean `{k}`?)"))
+                    .unwrap_or_default();
+                return Err(ConfigError::UnknownKey {
+                    key,
+                    file: f.display().to_string(),
+                    hint,
+                });
+            }
+            b = b.add_source(source);
         }
         let mut e = config::Environment::with_prefix("HERALD")
             .prefix_separator("_")
@@ -451,6 +527,26 @@ impl Config {
         }
         let cfg: Config = b.add_source(e).build()?.try_deserialize()?;
         Ok(cfg)
+    }
+
+    /// `HERALD_…` variables that name no setting (typos, or variables meant for
+    /// something else, such as the ones Kubernetes derives from a Service named
+    /// `herald`). The binary logs them as warnings.
+    pub fn unknown_env_vars(vars: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+        const NOT_SETTINGS: [&str; 4] = [
+            "HERALD_CONFIG",
+            "HERALD_BIN",
+            "HERALD_NATS_SERVER_BIN",
+            "HERALD_TEST_LOGS",
+        ];
+        let known = known_keys();
+        vars.into_iter()
+            .filter_map(|(k, _)| {
+                let rest = k.strip_prefix("HERALD_")?;
+                let key = rest.to_lowercase().replace("__", ".");
+                (!NOT_SETTINGS.contains(&k.as_str()) && !known.contains(&key)).then_some(k)
+            })
+            .collect()
     }
 
     /// Checks every value; `dev` relaxes nothing but the need for a secret, which
@@ -694,6 +790,28 @@ mod tests {
             .unwrap();
         assert_eq!(c.listen, "127.0.0.1:2");
         assert_eq!(c.auth.hs256_secret.as_deref(), Some("from-file-0123456789"));
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_errors_and_in_the_environment_warnings() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("h.toml");
+        std::fs::write(&p, "[limits]\nmax_room_per_conn = 3\n").unwrap();
+        let e = Config::load_with_env(Some(&p), Some(env(&[])))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("limits.max_room_per_conn") && e.contains("limits.max_rooms_per_conn"),
+            "{e}"
+        );
+        let unknown = Config::unknown_env_vars(env(&[
+            ("HERALD_LISTEN", "x"),
+            ("HERALD_AUTH__HS256_SECRET", "x"),
+            ("HERALD_AUTH__HS256SECRET", "x"),
+            ("HERALD_CONFIG", "x"),
+            ("OTHER", "x"),
+        ]));
+        assert_eq!(unknown, ["HERALD_AUTH__HS256SECRET"]);
     }
 
     #[test]

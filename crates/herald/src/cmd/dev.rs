@@ -31,6 +31,7 @@ fn free_port() -> Result<u16> {
 pub async fn run(file: Option<&Path>, a: DevArgs) -> Result<()> {
     let mut cfg = super::load_config(file)?;
     crate::logging::init(&cfg.log);
+    super::warn_unknown_env();
     if std::env::var_os("HERALD_LISTEN").is_none() && file.is_none() {
         cfg.listen = "127.0.0.1:8080".into();
     }

@@ -22,6 +22,13 @@ pub fn load_config(file: Option<&Path>) -> Result<Config> {
     })
 }
 
+/// Warns about `HERALD_…` variables that set nothing (call after logging is up).
+pub fn warn_unknown_env() {
+    for k in Config::unknown_env_vars(std::env::vars()) {
+        tracing::warn!(variable = %k, "ignoring an environment variable that names no Herald setting (see docs/CONFIG.md)");
+    }
+}
+
 /// A token cancelled on Ctrl-C or SIGTERM.
 pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();

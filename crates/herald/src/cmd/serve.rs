@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(file: Option<&Path>) -> Result<()> {
     let cfg = super::load_config(file)?;
     crate::logging::init(&cfg.log);
+    super::warn_unknown_env();
     cfg.validate()?;
     serve(cfg, super::shutdown_on_signals(), |_| {}).await
 }
