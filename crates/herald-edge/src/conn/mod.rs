@@ -80,23 +80,58 @@ async fn linger(stream: &mut futures::stream::SplitStream<WebSocket>) {
     .await;
 }
 
+/// Decides whether a new socket becomes a connection: Origin, credentials,
+/// the edge's and the user's connection limits. Registers it when admitted.
+async fn admit(
+    edge: &Edge,
+    stream: &mut futures::stream::SplitStream<WebSocket>,
+    up: Upgrade,
+) -> Result<(Session, ConnHandle, ConnQueues), Disconnect> {
+    if !up.origin_ok {
+        edge.metrics.auth_failure("origin");
+        return Err(Disconnect::new(CloseCode::POLICY, "origin not allowed"));
+    }
+    let session = handshake::authenticate(edge, stream, up.token).await?;
+    if edge.metrics.connections.load(Relaxed) as usize >= edge.cfg.limits.max_connections {
+        edge.metrics.auth_failure("edge_full");
+        return Err(Disconnect::new(
+            CloseCode::TRY_AGAIN_LATER,
+            "edge is full: try again later",
+        ));
+    }
+    let (handle, queues) = ConnHandle::new(
+        edge.new_conn_id(),
+        session.user.clone(),
+        edge.cfg.limits.outbound_queue,
+    );
+    if edge
+        .registry
+        .register(&handle, edge.cfg.limits.max_conns_per_user)
+        .is_none()
+    {
+        edge.metrics.auth_failure("too_many_connections");
+        let limit = edge.cfg.limits.max_conns_per_user;
+        return Err(Disconnect::new(
+            CloseCode::RATE_LIMITED,
+            format!("too many connections for this user (limit {limit})"),
+        ));
+    }
+    Ok((session, handle, queues))
+}
+
 /// Serves one upgraded socket until it closes.
 pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
     let _tracked = edge.tracker.token();
     let (mut sink, mut stream) = socket.split();
-    if !up.origin_ok {
-        edge.metrics.auth_failure("origin");
-        edge.metrics.close(CloseCode::POLICY.0);
-        writer::close_with(
-            &mut sink,
-            &Disconnect::new(CloseCode::POLICY, "origin not allowed"),
-        )
-        .await;
-        linger(&mut stream).await;
-        return;
-    }
-    let session = match handshake::authenticate(&edge, &mut stream, up.token).await {
-        Ok(s) => s,
+    let (
+        session,
+        handle,
+        ConnQueues {
+            outbound,
+            mut commands,
+        },
+    ) = match admit(&edge, &mut stream, up).await {
+        Ok(admitted) => admitted,
         Err(d) => {
             tracing::info!(code = d.code.0, reason = %d.reason, "connection refused");
             edge.metrics.close(d.code.0);
@@ -105,46 +140,6 @@ pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
             return;
         }
     };
-    let (
-        handle,
-        ConnQueues {
-            outbound,
-            mut commands,
-        },
-    ) = ConnHandle::new(
-        edge.new_conn_id(),
-        session.user.clone(),
-        edge.cfg.limits.outbound_queue,
-    );
-    if edge.metrics.connections.load(Relaxed) as usize >= edge.cfg.limits.max_connections {
-        edge.metrics.auth_failure("edge_full");
-        edge.metrics.close(CloseCode::TRY_AGAIN_LATER.0);
-        writer::close_with(
-            &mut sink,
-            &Disconnect::new(CloseCode::TRY_AGAIN_LATER, "edge is full: try again later"),
-        )
-        .await;
-        linger(&mut stream).await;
-        return;
-    }
-    if edge
-        .registry
-        .register(&handle, edge.cfg.limits.max_conns_per_user)
-        .is_none()
-    {
-        edge.metrics.auth_failure("too_many_connections");
-        edge.metrics.close(CloseCode::RATE_LIMITED.0);
-        let d = Disconnect::new(
-            CloseCode::RATE_LIMITED,
-            format!(
-                "too many connections for this user (limit {})",
-                edge.cfg.limits.max_conns_per_user
-            ),
-        );
-        writer::close_with(&mut sink, &d).await;
-        linger(&mut stream).await;
-        return;
-    }
     edge.metrics.connections.fetch_add(1, Relaxed);
     edge.metrics.connections_total.fetch_add(1, Relaxed);
     let done = CancellationToken::new();

@@ -47,6 +47,14 @@ struct Resume {
 }
 
 impl Conn {
+    /// `Herald-User` and `Herald-Conn`, for requests to services.
+    fn identity_headers(&self) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(headers::USER, self.session.user.encoded().as_str());
+        h.insert(headers::CONN, &**self.handle.id());
+        h
+    }
+
     async fn fail(&self, id: Option<i64>, f: Failure) {
         self.send(error_frame(&self.edge, id, &f)).await;
     }
@@ -170,9 +178,7 @@ impl Conn {
             "edge": edge.id,
             "info": self.session.claims.info,
         });
-        let mut h = HeaderMap::new();
-        h.insert(headers::USER, self.session.user.encoded().as_str());
-        h.insert(headers::CONN, &**self.handle.id());
+        let h = self.identity_headers();
         let req = edge.client.request_with_headers(
             edge.subjects.authz_join(),
             h,
@@ -439,9 +445,7 @@ impl Conn {
         }
         let edge = self.edge.clone();
         let handle = self.handle.clone();
-        let mut h = HeaderMap::new();
-        h.insert(headers::USER, self.session.user.encoded().as_str());
-        h.insert(headers::CONN, &**self.handle.id());
+        let h = self.identity_headers();
         self.inflight.spawn(async move {
             let frame = rpc(&edge, &event, h, payload, id).await;
             if !handle
