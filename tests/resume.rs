@@ -190,3 +190,61 @@ async fn rejoining_a_room_already_joined_reports_without_replaying() {
     );
     c.silent_for(Duration::from_millis(300)).await.unwrap();
 }
+
+#[tokio::test]
+async fn history_returns_the_last_events_oldest_first_capped_and_authorized() {
+    let nats = NatsServer::start().unwrap();
+    let edge = HeraldBuilder::new(&nats)
+        .env("HERALD_CATCHUP__HISTORY_MAX", "5")
+        .env("HERALD_CATCHUP__BATCH", "3")
+        .start()
+        .unwrap();
+    let js = async_nats::jetstream::new(nats.client().await.unwrap());
+    let mut seqs = Vec::new();
+    for i in 0..8 {
+        seqs.push(publish(&js, "channel:h", "m", json!({"i": i})).await);
+        publish(&js, "channel:other", "m", json!(i)).await;
+    }
+    // Not a member, but the claim allows the room: history is authorized like a join.
+    let mut c = connected(&edge, "6").await;
+    c.send(json!({"type":"history","id":6,"room":"channel:h","limit":3}))
+        .await
+        .unwrap();
+    let h = c.expect("history").await.unwrap();
+    assert_eq!(
+        (h["id"].as_i64(), h["room"].as_str()),
+        (Some(6), Some("channel:h"))
+    );
+    let events = h["events"].as_array().unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        seqs[5..]
+    );
+    assert_eq!(
+        events[0],
+        json!({"type":"event","room":"channel:h","event":"m","seq":seqs[5],"data":{"i":5}})
+    );
+    // A larger limit is capped by config.
+    c.send(json!({"type":"history","id":7,"room":"channel:h","limit":1000}))
+        .await
+        .unwrap();
+    let h = c.expect("history").await.unwrap();
+    assert_eq!(h["events"].as_array().unwrap().len(), 5);
+    // An empty room has an empty history.
+    c.send(json!({"type":"history","id":8,"room":"channel:empty"}))
+        .await
+        .unwrap();
+    assert_eq!(c.expect("history").await.unwrap()["events"], json!([]));
+    // A room the token does not allow is refused.
+    c.send(json!({"type":"history","id":9,"room":"secret:1"}))
+        .await
+        .unwrap();
+    let e = c.expect("error").await.unwrap();
+    assert_eq!(
+        (e["id"].as_i64(), e["code"].as_str()),
+        (Some(9), Some("forbidden"))
+    );
+}

@@ -399,6 +399,10 @@ pub struct CatchupConfig {
     pub max_events: usize,
     /// How long one batch may take.
     pub timeout_ms: u64,
+    /// Most events one `history` request returns (a larger `limit` is capped).
+    pub history_max: usize,
+    /// Events returned by `history` when the request gives no `limit`.
+    pub history_default: usize,
 }
 
 impl Default for CatchupConfig {
@@ -407,6 +411,8 @@ impl Default for CatchupConfig {
             batch: 256,
             max_events: 5_000,
             timeout_ms: 5_000,
+            history_max: 100,
+            history_default: 50,
         }
     }
 }

@@ -272,6 +272,48 @@ impl StreamReader {
         max: usize,
     ) -> Result<(Vec<StoredEvent>, bool), StreamError> {
         let mut out = Vec::new();
+        let mut truncated = false;
+        self.for_each(subject, after, upto, |e| {
+            if out.len() == max {
+                truncated = true;
+                return false;
+            }
+            out.push(e);
+            true
+        })
+        .await?;
+        Ok((out, truncated))
+    }
+
+    /// The last `n` events stored on `subject`, oldest first. Reads the room's
+    /// stored events forward (bounded by the stream's per-room limit) and keeps
+    /// only the last `n` in memory.
+    pub async fn last_n(&self, subject: &str, n: usize) -> Result<Vec<StoredEvent>, StreamError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let upto = self.last_seq(subject).await?;
+        let mut ring = std::collections::VecDeque::with_capacity(n);
+        self.for_each(subject, 0, upto, |e| {
+            if ring.len() == n {
+                ring.pop_front();
+            }
+            ring.push_back(e);
+            true
+        })
+        .await?;
+        Ok(ring.into())
+    }
+
+    /// Calls `f` with each event stored on `subject` with `after < seq <= upto`,
+    /// oldest first, in batches; stops early when `f` returns `false`.
+    async fn for_each(
+        &self,
+        subject: &str,
+        after: u64,
+        upto: u64,
+        mut f: impl FnMut(StoredEvent) -> bool,
+    ) -> Result<(), StreamError> {
         let mut next = after + 1;
         while next <= upto {
             let inbox = self.client.new_inbox();
@@ -322,17 +364,18 @@ impl StreamReader {
                 if seq > upto {
                     continue;
                 }
-                if out.len() == max {
-                    return Ok((out, true));
-                }
-                out.push(StoredEvent {
+                let event = StoredEvent {
                     seq,
                     event: h
                         .and_then(|h| h.get(headers::EVENT))
                         .map(|v| v.as_str().to_owned()),
                     payload: msg.payload,
                     headers: msg.headers,
-                });
+                };
+                if !f(event) {
+                    let _ = sub.unsubscribe().await;
+                    return Ok(());
+                }
             }
             let _ = sub.unsubscribe().await;
             match (last_in_batch, pending) {
@@ -340,6 +383,6 @@ impl StreamReader {
                 _ => break,
             }
         }
-        Ok((out, false))
+        Ok(())
     }
 }

@@ -137,16 +137,7 @@ impl Conn {
                 )
                 .await
             }
-            ClientFrame::History { id, .. } => {
-                self.fail(
-                    id,
-                    Failure::new(
-                        ErrorCode::Unavailable,
-                        "history is not available on this edge version",
-                    ),
-                )
-                .await
-            }
+            ClientFrame::History { id, room, limit } => self.history(id, room, limit).await,
             ClientFrame::Refresh { id, token } => self.refresh(id, token).await,
             ClientFrame::Ping { id } => self.send(ServerFrame::Pong { id }.encode()).await,
         }
@@ -395,6 +386,50 @@ impl Conn {
             frames,
             last: events.last().map_or(upto, |e| e.seq),
         })
+    }
+
+    /// The last events of a room, authorized as a join would be.
+    async fn history(&mut self, id: Option<i64>, room: Room, limit: Option<u64>) {
+        if !self.rooms.contains_key(&room)
+            && let Err(f) = self.authorize(&room).await
+        {
+            return self.fail(id, f).await;
+        }
+        let c = &self.edge.cfg.catchup;
+        let n = limit
+            .map_or(c.history_default, |l| {
+                usize::try_from(l).unwrap_or(usize::MAX)
+            })
+            .min(c.history_max);
+        let subject = self.edge.router.stored_subject(&room);
+        let events = match self.edge.reader.last_n(&subject, n).await {
+            Ok(e) => e,
+            Err(e) => {
+                return self
+                    .fail(
+                        id,
+                        Failure::new(ErrorCode::Unavailable, format!("reading history: {e}")),
+                    )
+                    .await;
+            }
+        };
+        let frames: Vec<String> = events
+            .iter()
+            .filter_map(|e| {
+                let name = e.event.as_deref().filter(|n| valid_event_name(n))?;
+                Some(event_frame(room.as_str(), name, Some(e.seq), &e.payload))
+            })
+            .collect();
+        let raw: Vec<Box<RawValue>> = frames
+            .into_iter()
+            .filter_map(|f| RawValue::from_string(f).ok())
+            .collect();
+        let frame = ServerFrame::History {
+            id,
+            room: room.as_str(),
+            events: raw.iter().map(|r| r.as_ref()).collect(),
+        };
+        self.send(frame.encode()).await;
     }
 
     pub(crate) async fn leave(&mut self, room: Room, id: Option<i64>) {
