@@ -399,6 +399,10 @@ pub struct CatchupConfig {
     pub max_events: usize,
     /// How long one batch may take.
     pub timeout_ms: u64,
+    /// How often each room compares its last delivered sequence with the
+    /// stream's (0: never). RePublish is at-most-once, so a lost *last* event of
+    /// a quiet room is otherwise only noticed when the next one arrives.
+    pub check_interval_secs: u64,
     /// Most events one `history` request returns (a larger `limit` is capped).
     pub history_max: usize,
     /// Events returned by `history` when the request gives no `limit`.
@@ -411,6 +415,7 @@ impl Default for CatchupConfig {
             batch: 256,
             max_events: 5_000,
             timeout_ms: 5_000,
+            check_interval_secs: 30,
             history_max: 100,
             history_default: 50,
         }

@@ -113,7 +113,11 @@ impl Edge {
             subjects.clone(),
             reader.clone(),
             metrics.clone(),
-            cfg.limits.outbound_queue,
+            crate::router::RouterSettings {
+                pending_cap: cfg.limits.outbound_queue,
+                check_every: (cfg.catchup.check_interval_secs > 0)
+                    .then(|| std::time::Duration::from_secs(cfg.catchup.check_interval_secs)),
+            },
             tracker.clone(),
             signals.clone(),
         );

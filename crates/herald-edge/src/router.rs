@@ -81,6 +81,16 @@ pub struct JoinTicket {
     pub last_seq: u64,
 }
 
+/// The router's tunables, from config.
+#[derive(Debug, Clone, Copy)]
+pub struct RouterSettings {
+    /// Events buffered for a member whose catch-up is in flight before it is a
+    /// slow consumer (the outbound queue size).
+    pub pending_cap: usize,
+    /// How often each room checks the stream for a missed last event.
+    pub check_every: Option<std::time::Duration>,
+}
+
 /// Routes NATS room traffic to local connections.
 pub struct Router {
     rooms: Mutex<HashMap<Room, Arc<RoomState>>>,
@@ -89,6 +99,7 @@ pub struct Router {
     reader: StreamReader,
     metrics: Arc<Metrics>,
     pending_cap: usize,
+    check_every: Option<std::time::Duration>,
     tracker: TaskTracker,
     signals: broadcast::Sender<NatsSignal>,
 }
@@ -136,10 +147,14 @@ impl Router {
         subjects: Subjects,
         reader: StreamReader,
         metrics: Arc<Metrics>,
-        pending_cap: usize,
+        settings: RouterSettings,
         tracker: TaskTracker,
         signals: broadcast::Sender<NatsSignal>,
     ) -> Arc<Self> {
+        let RouterSettings {
+            pending_cap,
+            check_every,
+        } = settings;
         Arc::new(Self {
             rooms: Mutex::new(HashMap::new()),
             client,
@@ -147,6 +162,7 @@ impl Router {
             reader,
             metrics,
             pending_cap,
+            check_every,
             tracker,
             signals,
         })
@@ -339,9 +355,16 @@ impl Router {
                 return;
             }
         }
+        // Periodic check, with a random phase so rooms do not all ask at once.
+        let period = self
+            .check_every
+            .unwrap_or(std::time::Duration::from_secs(365 * 24 * 3600));
+        let phase = period.mul_f64(rand::random::<f64>());
+        let mut check = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
         loop {
             tokio::select! {
                 _ = state.cancel.cancelled() => break,
+                _ = check.tick(), if self.check_every.is_some() => self.catch_up_room(&state).await,
                 msg = sub.next() => {
                     let Some(msg) = msg else { break };
                     self.on_message(&state, msg).await;

