@@ -189,8 +189,18 @@ impl NatsCluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(c) = async_nats::connect(self.node_url(0)).await {
+                // Ready means a three-replica stream can be placed: every peer
+                // has joined the meta group.
                 let js = async_nats::jetstream::new(c);
-                if js.query_account().await.is_ok() {
+                let probe = async_nats::jetstream::stream::Config {
+                    name: "CLUSTER_PROBE".into(),
+                    subjects: vec!["cluster.probe".into()],
+                    num_replicas: 3,
+                    storage: async_nats::jetstream::stream::StorageType::Memory,
+                    ..Default::default()
+                };
+                if js.create_stream(probe).await.is_ok() {
+                    let _ = js.delete_stream("CLUSTER_PROBE").await;
                     return Ok(());
                 }
             }

@@ -1,0 +1,313 @@
+//! The chaos checker: clients spread over two edges and several rooms, a
+//! producer publishing at a steady rate, and faults injected while it runs
+//! (a NATS node restarted, an edge killed with SIGKILL and started again, a
+//! node stopped for a while). At the end every client must have seen, per
+//! room, every acknowledged event exactly once and in stream order, across
+//! all its reconnects (which resume with `since` and must say `recovered`).
+//!
+//! `HERALD_CHAOS_SECS` (default 20) sets how long the producer runs and
+//! `HERALD_CHAOS_SEED` (default 42) the seed of the fault schedule and of
+//! who joins what, so a failing run can be replayed.
+#![allow(clippy::unwrap_used)]
+
+use herald_test_support::{Herald, HeraldBuilder, NatsCluster, WsClient, herald_bin, user_token};
+use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const ROOMS: usize = 4;
+const CLIENTS: usize = 8;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn edge(cluster: &NatsCluster, first: usize) -> Herald {
+    HeraldBuilder::with_url(&format!("{},{}", cluster.node_url(first), cluster.url()))
+        .env("HERALD_SETUP_ON_START", "false")
+        .env("HERALD_CATCHUP__CHECK_INTERVAL_SECS", "2")
+        .env("HERALD_LOG__LEVEL", "warn,herald=info")
+        .start()
+        .unwrap()
+}
+
+/// Publishes with a fixed message id until acknowledged; returns the sequence.
+async fn publish_acked(nc: &async_nats::Client, room: usize, n: u64) -> u64 {
+    let js = async_nats::jetstream::new(nc.clone());
+    loop {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Herald-Event", "tick");
+        h.insert("Nats-Msg-Id", format!("r{room}-{n}").as_str());
+        let subject = format!("herald.room.chaos.r{room}");
+        if let Ok(ack) = js
+            .publish_with_headers(subject, h, json!({"n": n}).to_string().into())
+            .await
+            && let Ok(Ok(a)) = tokio::time::timeout(Duration::from_secs(3), ack).await
+        {
+            return a.sequence;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What one client saw: per room, the sequences in arrival order, and problems.
+#[derive(Default, Debug)]
+struct Seen {
+    events: HashMap<String, Vec<u64>>,
+    problems: Vec<String>,
+    reconnects: u32,
+}
+
+async fn run_client(
+    id: usize,
+    rooms: Vec<String>,
+    edges: Arc<Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+    ready: tokio::sync::mpsc::Sender<()>,
+) {
+    let token = user_token(&format!("u{id}"), &["chaos:*"]);
+    let mut cursors: HashMap<String, (Value, u64)> = HashMap::new();
+    let mut first = true;
+    let mut attempt = id;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let url = {
+            let e = edges.lock().unwrap();
+            e[attempt % e.len()].clone()
+        };
+        attempt += 1;
+        let Ok(Ok((mut c, _))) = tokio::time::timeout(
+            Duration::from_secs(5),
+            WsClient::connect_welcomed(&url, &token),
+        )
+        .await
+        else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        if !first {
+            seen.lock().unwrap().reconnects += 1;
+        }
+        let mut ok = true;
+        for (i, room) in rooms.iter().enumerate() {
+            let frame = match cursors.get(room) {
+                Some((epoch, seq)) => {
+                    json!({"type":"join","id":i,"room":room,"since":{"epoch":epoch,"seq":seq}})
+                }
+                None => json!({"type":"join","id":i,"room":room}),
+            };
+            if c.send(frame).await.is_err() {
+                ok = false;
+                break;
+            }
+        }
+        if first && ok {
+            let _ = ready.send(()).await;
+            first = false;
+        }
+        // Read until the connection ends or the run stops.
+        while ok && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let v = match c.recv_within(Duration::from_millis(500)).await {
+                Ok(v) => v,
+                Err(e) if e.to_string().starts_with("no frame") => continue,
+                Err(_) => break,
+            };
+            match v["type"].as_str() {
+                Some("joined") => {
+                    let room = v["room"].as_str().unwrap().to_owned();
+                    if room.starts_with("user:") {
+                        continue;
+                    }
+                    if cursors.contains_key(&room) && v["recovered"] != true {
+                        seen.lock()
+                            .unwrap()
+                            .problems
+                            .push(format!("u{id} {room}: resume not recovered: {v}"));
+                    }
+                    let cur = cursors
+                        .entry(room)
+                        .or_insert((v["epoch"].clone(), v["seq"].as_u64().unwrap()));
+                    cur.0 = v["epoch"].clone();
+                }
+                Some("event") => {
+                    let room = v["room"].as_str().unwrap().to_owned();
+                    let seq = v["seq"].as_u64().unwrap();
+                    let cur = cursors.get_mut(&room).unwrap();
+                    let mut s = seen.lock().unwrap();
+                    if seq <= cur.1 {
+                        s.problems.push(format!(
+                            "u{id} {room}: duplicate or out of order: {seq} after {}",
+                            cur.1
+                        ));
+                    } else {
+                        cur.1 = seq;
+                    }
+                    s.events.entry(room).or_default().push(seq);
+                }
+                Some("error") => seen
+                    .lock()
+                    .unwrap()
+                    .problems
+                    .push(format!("u{id}: error {v}")),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_sees_every_event_once_in_order_through_faults() {
+    let secs = env_u64("HERALD_CHAOS_SECS", 20);
+    let seed = env_u64("HERALD_CHAOS_SEED", 42);
+    eprintln!("chaos: {secs} s, seed {seed} (HERALD_CHAOS_SECS, HERALD_CHAOS_SEED)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cluster = NatsCluster::start().await.unwrap();
+    let setup = std::process::Command::new(herald_bin())
+        .arg("setup")
+        .env("HERALD_NATS__URL", cluster.url())
+        .env("HERALD_STREAM__REPLICAS", "3")
+        .output()
+        .unwrap();
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let mut edges = vec![edge(&cluster, 0), edge(&cluster, 1)];
+    let urls = Arc::new(Mutex::new(
+        edges.iter().map(|e| e.ws_url()).collect::<Vec<_>>(),
+    ));
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(CLIENTS);
+    let mut clients = Vec::new();
+    let mut membership = Vec::new();
+    for id in 0..CLIENTS {
+        let a = rng.random_range(0..ROOMS);
+        let b = (a + 1 + rng.random_range(0..ROOMS - 1)) % ROOMS;
+        let rooms = vec![format!("chaos:r{a}"), format!("chaos:r{b}")];
+        membership.push(rooms.clone());
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let task = tokio::spawn(run_client(
+            id,
+            rooms,
+            urls.clone(),
+            stop.clone(),
+            seen.clone(),
+            ready_tx.clone(),
+        ));
+        clients.push((task, seen));
+    }
+    for _ in 0..CLIENTS {
+        tokio::time::timeout(Duration::from_secs(30), ready_rx.recv())
+            .await
+            .unwrap();
+    }
+    // Let the joins settle before the first event.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The producer: ~40 events per second over the rooms, each acknowledged.
+    let acked: Arc<Mutex<HashMap<String, Vec<u64>>>> = Arc::default();
+    let producing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let producer = {
+        let nc = async_nats::connect(cluster.node_url(2)).await.unwrap();
+        let acked = acked.clone();
+        let producing = producing.clone();
+        let mut prng = StdRng::seed_from_u64(seed ^ 0x5eed);
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(25));
+            while producing.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                let room = prng.random_range(0..ROOMS);
+                let seq = publish_acked(&nc, room, n).await;
+                acked
+                    .lock()
+                    .unwrap()
+                    .entry(format!("chaos:r{room}"))
+                    .or_default()
+                    .push(seq);
+                n += 1;
+            }
+            n
+        })
+    };
+
+    // Faults, one every few seconds, from the seeded schedule.
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut faults = Vec::new();
+    while Instant::now() + Duration::from_secs(4) < end {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1500..3000))).await;
+        match rng.random_range(0..3) {
+            0 => {
+                let node = rng.random_range(0..2); // node 3 carries the producer
+                faults.push(format!("restart nats node {}", node + 1));
+                cluster.restart_node(node).unwrap();
+            }
+            1 => {
+                let which = rng.random_range(0..2);
+                faults.push(format!("kill -9 edge {which}"));
+                edges[which].kill9();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                edges[which] = edge(&cluster, which);
+                urls.lock().unwrap()[which] = edges[which].ws_url();
+            }
+            _ => {
+                let node = rng.random_range(0..2);
+                faults.push(format!("stop nats node {} for 2 s", node + 1));
+                cluster.stop_node(node);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                cluster.restart_node(node).unwrap();
+            }
+        }
+    }
+    tokio::time::sleep(end.saturating_duration_since(Instant::now())).await;
+    producing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let published = producer.await.unwrap();
+    eprintln!("chaos: {published} events published; faults: {faults:?}");
+    assert!(!faults.is_empty() || secs < 8, "no fault was injected");
+
+    // Wait until every client has caught up (or give up after 40 s).
+    let acked = acked.lock().unwrap().clone();
+    let caught_up = |i: usize| {
+        let s = clients[i].1.lock().unwrap();
+        membership[i].iter().all(|room| {
+            let want = acked.get(room).map_or(0, Vec::len);
+            s.events.get(room).map_or(0, Vec::len) >= want
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !(0..CLIENTS).all(caught_up) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for (i, (task, seen)) in clients.into_iter().enumerate() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        let s = seen.lock().unwrap();
+        failures.extend(s.problems.iter().cloned());
+        for room in &membership[i] {
+            let want = acked.get(room).cloned().unwrap_or_default();
+            let got = s.events.get(room).cloned().unwrap_or_default();
+            if got != want {
+                let missing: Vec<_> = want.iter().filter(|x| !got.contains(x)).collect();
+                failures.push(format!(
+                    "u{i} {room}: got {} of {} events (reconnects {}), missing {missing:?}",
+                    got.len(),
+                    want.len(),
+                    s.reconnects
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "seed {seed}, faults {faults:?}:\n{}",
+        failures.join("\n")
+    );
+}
