@@ -178,7 +178,7 @@ async fn every_client_sees_every_event_once_in_order_through_faults() {
         "{}",
         String::from_utf8_lossy(&setup.stderr)
     );
-    let mut edges = vec![edge(&cluster, 0), edge(&cluster, 1)];
+    let mut edges = [edge(&cluster, 0), edge(&cluster, 1)];
     let urls = Arc::new(Mutex::new(
         edges.iter().map(|e| e.ws_url()).collect::<Vec<_>>(),
     ));
