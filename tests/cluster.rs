@@ -140,6 +140,7 @@ async fn events_stored_while_the_edges_node_was_down_are_filled_after_it_reconne
     let edge = HeraldBuilder::with_url(&cluster.node_url(0))
         .env("HERALD_SETUP_ON_START", "false")
         .env("HERALD_CATCHUP__CHECK_INTERVAL_SECS", "0")
+        .env("HERALD_NATS__IGNORE_DISCOVERED_SERVERS", "true")
         .start()
         .unwrap();
     let (mut c, _) = WsClient::connect_welcomed(&edge.ws_url(), &user_token("6", &["channel:*"]))
@@ -170,4 +171,55 @@ async fn events_stored_while_the_edges_node_was_down_are_filled_after_it_reconne
     );
     let live = publish_retrying(&url, "channel:1", 4).await;
     assert_eq!(c.expect("event").await.unwrap()["seq"], live);
+}
+
+#[tokio::test]
+async fn events_lost_to_retention_while_an_edge_was_cut_off_are_announced() {
+    let mut cluster = NatsCluster::start().await.unwrap();
+    let setup = std::process::Command::new(herald_bin())
+        .arg("setup")
+        .env("HERALD_NATS__URL", cluster.url())
+        .env("HERALD_STREAM__REPLICAS", "3")
+        .env("HERALD_STREAM__MAX_MSGS_PER_SUBJECT", "2")
+        .output()
+        .unwrap();
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let edge = HeraldBuilder::with_url(&cluster.node_url(0))
+        .env("HERALD_SETUP_ON_START", "false")
+        .env("HERALD_CATCHUP__CHECK_INTERVAL_SECS", "0")
+        .env("HERALD_NATS__IGNORE_DISCOVERED_SERVERS", "true")
+        .start()
+        .unwrap();
+    let (mut c, _) = WsClient::connect_welcomed(&edge.ws_url(), &user_token("6", &["channel:*"]))
+        .await
+        .unwrap();
+    c.expect("joined").await.unwrap();
+    let epoch = c.join(1, "channel:1").await.unwrap()["epoch"].clone();
+    let url = cluster.node_url(2);
+    let s0 = publish_retrying(&url, "channel:1", 0).await;
+    assert_eq!(c.expect("event").await.unwrap()["seq"], s0);
+    cluster.stop_node(0);
+    let mut seqs = Vec::new();
+    for i in 1..=4 {
+        seqs.push(publish_retrying(&url, "channel:1", i).await);
+    }
+    cluster.restart_node(0).unwrap();
+    // Only the last two are still stored: the client is told, then gets them.
+    let notice = c.recv_within(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(notice["type"], "joined");
+    assert_eq!(
+        (notice["room"].as_str(), notice["recovered"].as_bool()),
+        (Some("channel:1"), Some(false))
+    );
+    assert!(notice.get("id").is_none());
+    assert_eq!(notice["epoch"], epoch);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(c.expect("event").await.unwrap()["seq"].as_u64().unwrap());
+    }
+    assert_eq!(got, seqs[2..]);
 }

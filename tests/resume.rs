@@ -248,3 +248,43 @@ async fn history_returns_the_last_events_oldest_first_capped_and_authorized() {
         (Some(9), Some("forbidden"))
     );
 }
+
+#[tokio::test]
+async fn a_reconnect_storm_reads_each_missed_range_once() {
+    let nats = NatsServer::start().unwrap();
+    let edge = Herald::start(&nats).unwrap();
+    let js = async_nats::jetstream::new(nats.client().await.unwrap());
+    let mut c = connected(&edge, "0").await;
+    let epoch = c.join(1, "channel:storm").await.unwrap()["epoch"].clone();
+    let first = publish(&js, "channel:storm", "m", json!(0)).await;
+    events(&mut c, 1).await;
+    c.close().await;
+    let mut missed = Vec::new();
+    for i in 0..100 {
+        missed.push(publish(&js, "channel:storm", "m", json!(i)).await);
+    }
+    // 40 clients come back at once with the same cursor.
+    const N: usize = 40;
+    let mut clients = Vec::new();
+    for i in 0..N {
+        clients.push(connected(&edge, &format!("s{i}")).await);
+    }
+    let before = herald_test_support::metric(&edge, "herald_catchup_reads_total").await;
+    for c in &mut clients {
+        c.send(json!({"type":"join","id":1,"room":"channel:storm","since":{"epoch":epoch,"seq":first}})).await.unwrap();
+    }
+    for c in &mut clients {
+        let j = c.expect("joined").await.unwrap();
+        assert_eq!(
+            (j["recovered"].as_bool(), j["missed"].as_u64()),
+            (Some(true), Some(100))
+        );
+        assert_eq!(events(c, 100).await, missed);
+    }
+    let reads = herald_test_support::metric(&edge, "herald_catchup_reads_total").await - before;
+    eprintln!("{N} resumes of the same range took {reads} stream reads");
+    assert!(
+        reads < (N / 2) as f64,
+        "{reads} reads for {N} identical resumes"
+    );
+}

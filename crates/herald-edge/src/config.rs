@@ -125,6 +125,9 @@ pub struct NatsConfig {
     pub creds_file: Option<String>,
     /// How long to wait for the first connection at start-up.
     pub connect_timeout_ms: u64,
+    /// Connect only to the configured URLs, not to the cluster members NATS
+    /// announces (for networks where announced addresses are unreachable).
+    pub ignore_discovered_servers: bool,
     /// Capacity of each subscription's buffer in the NATS client; messages beyond it
     /// are dropped by the client (and counted as a slow-consumer event).
     pub subscription_capacity: usize,
@@ -151,6 +154,7 @@ impl Default for NatsConfig {
             token: None,
             creds_file: None,
             connect_timeout_ms: 5_000,
+            ignore_discovered_servers: false,
             subscription_capacity: 65_536,
         }
     }

@@ -53,13 +53,15 @@ pub struct Edge {
     pub registry: Registry,
     /// Stored-event reads.
     pub reader: StreamReader,
+    /// Resume reads, shared between identical concurrent requests.
+    pub reads: stream::SharedReads,
     /// Cancelled on SIGTERM/Ctrl-C: stop accepting, drain.
     pub shutdown: CancellationToken,
     /// Tracks connection and room tasks for the drain.
     pub tracker: TaskTracker,
     /// NATS connection signals.
     pub signals: broadcast::Sender<NatsSignal>,
-    epoch: RwLock<String>,
+    epoch: Arc<RwLock<String>>,
     conn_seq: AtomicU64,
     conn_salt: u32,
 }
@@ -99,7 +101,7 @@ impl Edge {
         if cfg.setup_on_start {
             stream::setup(&client, &cfg).await?;
         }
-        let epoch = stream::check(&client, &cfg).await?;
+        let epoch = Arc::new(RwLock::new(stream::check(&client, &cfg).await?));
         let subjects = cfg.subjects();
         let reader = StreamReader::new(
             client.clone(),
@@ -114,6 +116,7 @@ impl Edge {
             reader.clone(),
             metrics.clone(),
             crate::router::RouterSettings {
+                epoch: epoch.clone(),
                 pending_cap: cfg.limits.outbound_queue,
                 check_every: (cfg.catchup.check_interval_secs > 0)
                     .then(|| std::time::Duration::from_secs(cfg.catchup.check_interval_secs)),
@@ -121,7 +124,9 @@ impl Edge {
             tracker.clone(),
             signals.clone(),
         );
+        let reads = stream::SharedReads::new(reader.clone(), metrics.clone());
         let edge = Arc::new(Self {
+            reads,
             id,
             subjects,
             client,
@@ -133,7 +138,7 @@ impl Edge {
             shutdown,
             tracker,
             signals,
-            epoch: RwLock::new(epoch),
+            epoch,
             conn_seq: AtomicU64::new(0),
             conn_salt: rand::random(),
             cfg,

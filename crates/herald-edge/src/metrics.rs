@@ -76,6 +76,10 @@ pub struct Metrics {
     pub events_duplicate: AtomicU64,
     /// Event frames queued to clients (one per recipient).
     pub events_out: AtomicU64,
+    /// Gaps that could not be filled (events lost to retention).
+    pub gaps_unfillable: AtomicU64,
+    /// Range reads actually sent to the stream for resumes (shared reads count once).
+    pub catchup_reads: AtomicU64,
     /// Events read back from the stream for resumes.
     pub catchup_events: AtomicU64,
     /// Connections closed with 4008.

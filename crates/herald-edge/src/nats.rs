@@ -80,6 +80,9 @@ pub async fn connect(
                 }
             }
         });
+    if cfg.ignore_discovered_servers {
+        opts = opts.ignore_discovered_servers();
+    }
     if let (Some(u), Some(p)) = (&cfg.user, &cfg.password) {
         opts = opts.user_and_password(u.clone(), p.clone());
     }

@@ -82,8 +82,10 @@ pub struct JoinTicket {
 }
 
 /// The router's tunables, from config.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RouterSettings {
+    /// The stream epoch, shared with the edge (for gap notices).
+    pub epoch: Arc<std::sync::RwLock<String>>,
     /// Events buffered for a member whose catch-up is in flight before it is a
     /// slow consumer (the outbound queue size).
     pub pending_cap: usize,
@@ -100,6 +102,7 @@ pub struct Router {
     metrics: Arc<Metrics>,
     pending_cap: usize,
     check_every: Option<std::time::Duration>,
+    epoch: Arc<std::sync::RwLock<String>>,
     tracker: TaskTracker,
     signals: broadcast::Sender<NatsSignal>,
 }
@@ -154,6 +157,7 @@ impl Router {
         let RouterSettings {
             pending_cap,
             check_every,
+            epoch,
         } = settings;
         Arc::new(Self {
             rooms: Mutex::new(HashMap::new()),
@@ -163,6 +167,7 @@ impl Router {
             metrics,
             pending_cap,
             check_every,
+            epoch,
             tracker,
             signals,
         })
@@ -393,33 +398,82 @@ impl Router {
     }
 
     async fn fill(&self, state: &RoomState, after: u64, upto: u64) {
-        match self
+        // Was anything in the gap trimmed by retention before we could read it?
+        // Events of one subject are removed oldest first, so if the last event
+        // delivered is still stored, nothing after it is gone.
+        let anchored = match self.reader.anchored(&state.stored_subject, after).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(room = %state.room, after, upto, error = %e, "could not check a gap");
+                return;
+            }
+        };
+        let (events, _) = match self
             .reader
             .range(&state.stored_subject, after, upto, usize::MAX)
             .await
         {
-            Ok((events, _)) => {
-                tracing::info!(room = %state.room, after, upto, filled = events.len(), "filled a gap from the stream");
-                for e in events {
-                    let Some(event) = e.event.as_deref().filter(|e| valid_event_name(e)) else {
-                        continue;
-                    };
-                    let frame = Utf8Bytes::from(event_frame(
-                        state.room.as_str(),
-                        event,
-                        Some(e.seq),
-                        &e.payload,
-                    ));
-                    self.deliver(
-                        state,
-                        Some(e.seq),
-                        frame,
-                        &Exclusions::from(e.headers.as_ref()),
-                    );
-                }
-            }
+            Ok(r) => r,
             Err(e) => {
-                tracing::warn!(room = %state.room, after, upto, error = %e, "could not fill a gap")
+                tracing::warn!(room = %state.room, after, upto, error = %e, "could not fill a gap");
+                return;
+            }
+        };
+        let complete = anchored && events.last().is_some_and(|e| e.seq == upto);
+        tracing::info!(room = %state.room, after, upto, filled = events.len(), complete, "filled a gap from the stream");
+        if !complete {
+            self.gap_notice(state, upto);
+        }
+        for e in events {
+            let Some(event) = e.event.as_deref().filter(|e| valid_event_name(e)) else {
+                continue;
+            };
+            let frame = Utf8Bytes::from(event_frame(
+                state.room.as_str(),
+                event,
+                Some(e.seq),
+                &e.payload,
+            ));
+            self.deliver(
+                state,
+                Some(e.seq),
+                frame,
+                &Exclusions::from(e.headers.as_ref()),
+            );
+        }
+        if !complete && let Ok(mut m) = state.members.lock() {
+            m.last_seq = m.last_seq.max(upto);
+        }
+    }
+
+    /// Tells every member that events of the room were lost to retention: an
+    /// unsolicited `joined` frame with `recovered:false` (the same signal a
+    /// resume past retention gives), so apps reload the room's state.
+    fn gap_notice(&self, state: &RoomState, upto: u64) {
+        self.metrics.gaps_unfillable.fetch_add(1, Relaxed);
+        let epoch = self.epoch.read().map(|e| e.clone()).unwrap_or_default();
+        let frame = herald_protocol::frame::ServerFrame::Joined {
+            id: None,
+            room: state.room.as_str(),
+            epoch: &epoch,
+            seq: upto,
+            recovered: false,
+            missed: 0,
+        }
+        .encode();
+        tracing::warn!(room = %state.room, upto, "events were lost to retention before they could be delivered");
+        let frame = Utf8Bytes::from(frame);
+        let Ok(mut m) = state.members.lock() else {
+            return;
+        };
+        for member in m.map.values_mut() {
+            match &mut member.state {
+                MemberState::Live => {
+                    if !member.handle.try_push(frame.clone()) {
+                        self.slow(&member.handle);
+                    }
+                }
+                MemberState::Pending(buf) => buf.push((None, frame.clone())),
             }
         }
     }

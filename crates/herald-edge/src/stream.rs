@@ -5,7 +5,10 @@
 //! Reads go through the Direct Get API by hand: batched requests
 //! (`{"seq","next_by_subj","batch"}`, server 2.11+) return up to a batch of a
 //! room's events per round trip, ending with a status-204 end-of-batch message,
-//! without creating any consumer state on the server.
+//! without creating any consumer state on the server. The few reads that decide
+//! whether events were lost (a room's last sequence, whether a cursor's event is
+//! still stored) go to the stream leader instead, since a Direct Get may be
+//! answered by a replica that is behind.
 
 use crate::config::{Config, StreamConfig};
 use async_nats::jetstream::{self, kv, stream};
@@ -196,6 +199,7 @@ fn header_u64(h: Option<&HeaderMap>, name: &str) -> Option<u64> {
 pub struct StreamReader {
     client: Client,
     api_subject: String,
+    msg_get_subject: String,
     batch: usize,
     timeout: Duration,
 }
@@ -206,57 +210,73 @@ impl StreamReader {
         Self {
             client,
             api_subject: format!("$JS.API.DIRECT.GET.{stream}"),
+            msg_get_subject: format!("$JS.API.STREAM.MSG.GET.{stream}"),
             batch,
             timeout,
         }
     }
 
-    async fn direct_get(
+    /// Asks the stream *leader* for one message (`$JS.API.STREAM.MSG.GET`):
+    /// slower than Direct Get but never answered by a lagging replica, so the
+    /// answers that decide "was anything lost?" are consistent.
+    async fn leader_get(
         &self,
         body: serde_json::Value,
-    ) -> Result<Option<async_nats::Message>, StreamError> {
+    ) -> Result<Option<(String, u64)>, StreamError> {
         let req = self
             .client
-            .request(self.api_subject.clone(), body.to_string().into());
+            .request(self.msg_get_subject.clone(), body.to_string().into());
         let msg = tokio::time::timeout(self.timeout, req)
             .await
-            .map_err(|_| StreamError::Timeout("direct get"))?
-            .map_err(|e| api("direct get", e))?;
-        match msg.status {
-            Some(StatusCode::NOT_FOUND) => Ok(None),
-            Some(s) if s != StatusCode::OK => Err(api(
-                "direct get",
-                format!("status {s}: {:?}", msg.description),
-            )),
-            _ => Ok(Some(msg)),
+            .map_err(|_| StreamError::Timeout("message get"))?
+            .map_err(|e| api("message get", e))?;
+        let v: serde_json::Value = serde_json::from_slice(&msg.payload)
+            .map_err(|e| api("message get", format!("bad reply: {e}")))?;
+        if let Some(err) = v.get("error") {
+            // 10037: no message found.
+            if err["err_code"] == 10037 || err["code"] == 404 {
+                return Ok(None);
+            }
+            return Err(api("message get", err.to_string()));
         }
+        let m = &v["message"];
+        Ok(Some((
+            m["subject"].as_str().unwrap_or_default().to_owned(),
+            m["seq"].as_u64().unwrap_or(0),
+        )))
     }
 
-    /// The last sequence stored on `subject` (0 if none).
+    /// The last sequence stored on `subject` (0 if none), from the leader.
     pub async fn last_seq(&self, subject: &str) -> Result<u64, StreamError> {
-        let msg = self
-            .direct_get(serde_json::json!({ "last_by_subj": subject }))
-            .await?;
-        Ok(msg
-            .and_then(|m| header_u64(m.headers.as_ref(), headers::NATS_SEQUENCE))
-            .unwrap_or(0))
+        Ok(self
+            .leader_get(serde_json::json!({ "last_by_subj": subject }))
+            .await?
+            .map_or(0, |(_, seq)| seq))
     }
 
     /// Whether the message at `seq` is still stored and belongs to `subject`.
     pub async fn holds(&self, seq: u64, subject: &str) -> Result<bool, StreamError> {
-        let msg = self.direct_get(serde_json::json!({ "seq": seq })).await?;
-        Ok(msg.is_some_and(|m| {
-            m.headers
-                .as_ref()
-                .and_then(|h| h.get(headers::NATS_SUBJECT))
-                .is_some_and(|s| s.as_str() == subject)
-        }))
+        Ok(self
+            .leader_get(serde_json::json!({ "seq": seq }))
+            .await?
+            .is_some_and(|(s, _)| s == subject))
+    }
+
+    /// Whether nothing stored on `subject` after `seq` can have been trimmed:
+    /// the event at `seq` is still stored (events of one subject are removed
+    /// oldest first), or, for `seq` 0, the stream never dropped its head.
+    pub async fn anchored(&self, subject: &str, seq: u64) -> Result<bool, StreamError> {
+        if seq > 0 {
+            self.holds(seq, subject).await
+        } else {
+            self.holds_any(1).await
+        }
     }
 
     /// Whether any message is stored at exactly `seq`.
     pub async fn holds_any(&self, seq: u64) -> Result<bool, StreamError> {
         Ok(self
-            .direct_get(serde_json::json!({ "seq": seq }))
+            .leader_get(serde_json::json!({ "seq": seq }))
             .await?
             .is_some())
     }
@@ -384,5 +404,76 @@ impl StreamReader {
             }
         }
         Ok(())
+    }
+}
+
+/// The result of a shared range read.
+pub type SharedRange = Result<std::sync::Arc<(Vec<StoredEvent>, bool)>, String>;
+
+type Key = (String, u64, u64, usize);
+
+/// Range reads for resumes, shared between concurrent identical requests.
+///
+/// After an edge restart, thousands of clients reconnect to the survivors at
+/// once and resume the same rooms from the same cursors. Each distinct
+/// `(room, after, upto)` is read from the stream once while it is in flight;
+/// every joiner waiting for it gets the same events (behind an `Arc`, not
+/// copied). Memory is bounded by `catchup.max_events` per distinct read.
+#[derive(Debug, Clone)]
+pub struct SharedReads {
+    reader: StreamReader,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    inflight: std::sync::Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<
+                Key,
+                futures::future::Shared<futures::future::BoxFuture<'static, SharedRange>>,
+            >,
+        >,
+    >,
+}
+
+impl SharedReads {
+    /// Shares reads made through `reader`.
+    pub fn new(reader: StreamReader, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        Self {
+            reader,
+            metrics,
+            inflight: Default::default(),
+        }
+    }
+
+    /// Like [`StreamReader::range`], joined with an identical read in flight.
+    pub async fn range(&self, subject: &str, after: u64, upto: u64, max: usize) -> SharedRange {
+        use futures::FutureExt as _;
+        let key: Key = (subject.to_owned(), after, upto, max);
+        let fut = {
+            let Ok(mut map) = self.inflight.lock() else {
+                return Err("shared reads lock poisoned".into());
+            };
+            map.entry(key.clone())
+                .or_insert_with(|| {
+                    self.metrics
+                        .catchup_reads
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let reader = self.reader.clone();
+                    let subject = subject.to_owned();
+                    async move {
+                        reader
+                            .range(&subject, after, upto, max)
+                            .await
+                            .map(std::sync::Arc::new)
+                            .map_err(|e| e.to_string())
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        let out = fut.await;
+        if let Ok(mut map) = self.inflight.lock() {
+            map.remove(&key);
+        }
+        out
     }
 }

@@ -344,22 +344,26 @@ impl Conn {
         // limits), so if the cursor's own event is still stored, everything
         // after it is too. A cursor of 0 (an empty room) is anchored when the
         // stream never dropped anything from its head.
-        let anchored = if since.seq > 0 {
-            reader
-                .holds(since.seq, &subject)
-                .await
-                .map_err(unavailable)?
-        } else {
-            reader.holds_any(1).await.map_err(unavailable)?
-        };
+        let anchored = reader
+            .anchored(&subject, since.seq)
+            .await
+            .map_err(unavailable)?;
         if !anchored {
             return Ok(none(false));
         }
         let max = self.edge.cfg.catchup.max_events;
-        let (events, truncated) = reader
+        let shared = self
+            .edge
+            .reads
             .range(&subject, since.seq, upto, max)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| {
+                Failure::new(
+                    ErrorCode::Unavailable,
+                    format!("reading missed events: {e}"),
+                )
+            })?;
+        let (events, truncated) = (&shared.0, shared.1);
         let per_room_limit = self.edge.cfg.stream.max_msgs_per_subject;
         if truncated
             || (since.seq == 0 && per_room_limit > 0 && events.len() as i64 >= per_room_limit)
@@ -368,7 +372,7 @@ impl Conn {
         }
         let me = &self.session.user;
         let mut frames = Vec::with_capacity(events.len());
-        for e in &events {
+        for e in events {
             let Some(name) = e.event.as_deref().filter(|n| valid_event_name(n)) else {
                 continue;
             };
