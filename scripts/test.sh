@@ -7,3 +7,8 @@ scripts/ensure-nats.sh
 cargo build --quiet -p herald
 export HERALD_BIN="$PWD/target/debug/herald"
 cargo test --workspace "$@"
+# The Helm chart: lint, render, schemas, and the rendered cluster run on loopback
+# (skipped when arguments select particular cargo tests).
+if [ $# -eq 0 ]; then
+  scripts/test-helm.sh
+fi
