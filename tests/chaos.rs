@@ -287,13 +287,20 @@ async fn every_client_sees_every_event_once_in_order_through_faults() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut failures = Vec::new();
+    let (mut deliveries, mut gaps, mut duplicates, mut reorders, mut reconnects) =
+        (0usize, 0usize, 0usize, 0usize, 0u32);
     for (i, (task, seen)) in clients.into_iter().enumerate() {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         let s = seen.lock().unwrap();
         failures.extend(s.problems.iter().cloned());
+        reconnects += s.reconnects;
         for room in &membership[i] {
             let want = acked.get(room).cloned().unwrap_or_default();
             let got = s.events.get(room).cloned().unwrap_or_default();
+            deliveries += got.len();
+            gaps += want.iter().filter(|x| !got.contains(x)).count();
+            duplicates += got.len() - got.iter().collect::<std::collections::HashSet<_>>().len();
+            reorders += got.windows(2).filter(|w| w[1] < w[0]).count();
             if got != want {
                 let missing: Vec<_> = want.iter().filter(|x| !got.contains(x)).collect();
                 failures.push(format!(
@@ -305,6 +312,11 @@ async fn every_client_sees_every_event_once_in_order_through_faults() {
             }
         }
     }
+    eprintln!(
+        "chaos: seed {seed}: {published} events published, {deliveries} deliveries checked, {} faults, \
+         {reconnects} client reconnects, {gaps} gaps, {duplicates} duplicates, {reorders} reorders",
+        faults.len()
+    );
     assert!(
         failures.is_empty(),
         "seed {seed}, faults {faults:?}:\n{}",
