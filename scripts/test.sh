@@ -6,6 +6,12 @@ cd "$(dirname "$0")/.."
 scripts/ensure-nats.sh
 cargo build --quiet -p herald
 export HERALD_BIN="$PWD/target/debug/herald"
+# A Python with nats-py, for the "publish from another language" example test.
+if [ ! -x target/py-venv/bin/python ] || ! target/py-venv/bin/python -c "import nats" 2>/dev/null; then
+  python3 -m venv target/py-venv
+  target/py-venv/bin/pip install --quiet --disable-pip-version-check "nats-py>=2.9,<3"
+fi
+export HERALD_PYTHON="$PWD/target/py-venv/bin/python"
 cargo test --workspace "$@"
 # The Helm chart: lint, render, schemas, and the rendered cluster run on loopback
 # (skipped when arguments select particular cargo tests).
