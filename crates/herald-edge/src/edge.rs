@@ -88,6 +88,27 @@ fn default_edge_id() -> String {
     format!("{host}-{:04x}", rand::random::<u16>())
 }
 
+/// Checks the stream at start-up, waiting out a JetStream that is briefly
+/// unavailable (a leader election after a node restart) for up to 30 s. A
+/// missing or misconfigured stream fails at once: waiting will not fix it.
+async fn check_with_retry(client: &Client, cfg: &Config) -> Result<String, stream::StreamError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        match stream::check(client, cfg).await {
+            Ok(epoch) => return Ok(epoch),
+            Err(e @ (stream::StreamError::Api { .. } | stream::StreamError::Timeout(_)))
+                if std::time::Instant::now() + delay < deadline =>
+            {
+                tracing::warn!(error = %e, "JetStream is not answering yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(3));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Edge {
     /// Connects to NATS, checks (or creates) the stream, and builds the edge.
     pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Arc<Self>, StartError> {
@@ -101,7 +122,7 @@ impl Edge {
         if cfg.setup_on_start {
             stream::setup(&client, &cfg).await?;
         }
-        let epoch = Arc::new(RwLock::new(stream::check(&client, &cfg).await?));
+        let epoch = Arc::new(RwLock::new(check_with_retry(&client, &cfg).await?));
         let subjects = cfg.subjects();
         let reader = StreamReader::new(
             client.clone(),

@@ -133,7 +133,7 @@ impl HeraldBuilder {
                 }
             });
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(45);
         let addr = loop {
             if let Ok(a) = rx.recv_timeout(Duration::from_millis(50)) {
                 break a;
