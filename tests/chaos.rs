@@ -10,7 +10,7 @@
 //! who joins what, so a failing run can be replayed.
 #![allow(clippy::unwrap_used)]
 
-use herald_test_support::{Herald, HeraldBuilder, NatsCluster, WsClient, herald_bin, user_token};
+use herald_test_support::{Herald, HeraldBuilder, NatsCluster, WsClient, user_token};
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -167,17 +167,7 @@ async fn every_client_sees_every_event_once_in_order_through_faults() {
     eprintln!("chaos: {secs} s, seed {seed} (HERALD_CHAOS_SECS, HERALD_CHAOS_SEED)");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut cluster = NatsCluster::start().await.unwrap();
-    let setup = std::process::Command::new(herald_bin())
-        .arg("setup")
-        .env("HERALD_NATS__URL", cluster.url())
-        .env("HERALD_STREAM__REPLICAS", "3")
-        .output()
-        .unwrap();
-    assert!(
-        setup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
+    cluster.setup_herald(&[]).unwrap();
     let mut edges = [edge(&cluster, 0), edge(&cluster, 1)];
     let urls = Arc::new(Mutex::new(
         edges.iter().map(|e| e.ws_url()).collect::<Vec<_>>(),

@@ -2,7 +2,7 @@
 //! delivery and resume survive losing a node.
 #![allow(clippy::unwrap_used)]
 
-use herald_test_support::{HeraldBuilder, NatsCluster, WsClient, herald_bin, user_token};
+use herald_test_support::{HeraldBuilder, NatsCluster, WsClient, user_token};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -42,18 +42,7 @@ async fn publish_retrying(url: &str, room: &str, i: u64) -> u64 {
 #[tokio::test]
 async fn delivery_and_resume_survive_losing_a_node() {
     let mut cluster = NatsCluster::start().await.unwrap();
-    let setup = std::process::Command::new(herald_bin())
-        .arg("setup")
-        .env("HERALD_NATS__URL", cluster.url())
-        .env("HERALD_STREAM__REPLICAS", "3")
-        .env("HERALD_PRESENCE__REPLICAS", "3")
-        .output()
-        .unwrap();
-    assert!(
-        setup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
+    cluster.setup_herald(&[]).unwrap();
     let js = async_nats::jetstream::new(async_nats::connect(cluster.node_url(2)).await.unwrap());
     let info = js
         .get_stream("HERALD")
@@ -125,17 +114,7 @@ async fn delivery_and_resume_survive_losing_a_node() {
 #[tokio::test]
 async fn events_stored_while_the_edges_node_was_down_are_filled_after_it_reconnects() {
     let mut cluster = NatsCluster::start().await.unwrap();
-    let setup = std::process::Command::new(herald_bin())
-        .arg("setup")
-        .env("HERALD_NATS__URL", cluster.url())
-        .env("HERALD_STREAM__REPLICAS", "3")
-        .output()
-        .unwrap();
-    assert!(
-        setup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
+    cluster.setup_herald(&[]).unwrap();
     // This edge knows only node 1, so while node 1 is down it hears nothing.
     let edge = HeraldBuilder::with_url(&cluster.node_url(0))
         .env("HERALD_SETUP_ON_START", "false")
@@ -176,18 +155,9 @@ async fn events_stored_while_the_edges_node_was_down_are_filled_after_it_reconne
 #[tokio::test]
 async fn events_lost_to_retention_while_an_edge_was_cut_off_are_announced() {
     let mut cluster = NatsCluster::start().await.unwrap();
-    let setup = std::process::Command::new(herald_bin())
-        .arg("setup")
-        .env("HERALD_NATS__URL", cluster.url())
-        .env("HERALD_STREAM__REPLICAS", "3")
-        .env("HERALD_STREAM__MAX_MSGS_PER_SUBJECT", "2")
-        .output()
+    cluster
+        .setup_herald(&[("HERALD_STREAM__MAX_MSGS_PER_SUBJECT", "2")])
         .unwrap();
-    assert!(
-        setup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
     let edge = HeraldBuilder::with_url(&cluster.node_url(0))
         .env("HERALD_SETUP_ON_START", "false")
         .env("HERALD_CATCHUP__CHECK_INTERVAL_SECS", "0")

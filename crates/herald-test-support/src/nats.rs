@@ -211,6 +211,27 @@ impl NatsCluster {
         }
     }
 
+    /// Runs `herald setup` against the cluster with the stream (and bucket) at
+    /// three replicas, plus any extra `HERALD_…` settings.
+    pub fn setup_herald(&self, extra: &[(&str, &str)]) -> Result<()> {
+        let mut cmd = Command::new(crate::herald_bin());
+        cmd.arg("setup")
+            .env("HERALD_NATS__URL", self.url())
+            .env("HERALD_STREAM__REPLICAS", "3")
+            .env("HERALD_PRESENCE__REPLICAS", "3");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output()?;
+        if !out.status.success() {
+            bail!(
+                "herald setup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// All client URLs, comma-separated (as `HERALD_NATS__URL` takes them).
     pub fn url(&self) -> String {
         self.ports
