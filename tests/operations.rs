@@ -28,9 +28,11 @@ async fn health_readiness_and_metrics_endpoints_answer() {
     let edge = Herald::start(&nats).unwrap();
     assert_eq!(edge.get("/healthz").await.unwrap().0, 200);
     assert_eq!(edge.get("/readyz").await.unwrap().0, 200);
-    let _c = WsClient::connect_welcomed(&edge.ws_url(), &user_token("6", &[]))
+    let (mut c, _) = WsClient::connect_welcomed(&edge.ws_url(), &user_token("6", &[]))
         .await
         .unwrap();
+    // Once the user's room is joined, its subscription exists.
+    c.expect("joined").await.unwrap();
     let (status, body) = edge.get("/metrics").await.unwrap();
     assert_eq!(status, 200);
     for name in [
