@@ -164,8 +164,14 @@ pub async fn check(client: &Client, cfg: &Config) -> Result<String, StreamError>
             what: "direct gets must be allowed".into(),
         });
     }
-    if js.get_key_value(&cfg.presence.bucket).await.is_err() {
-        return Err(StreamError::MissingBucket(cfg.presence.bucket.clone()));
+    if let Err(e) = js.get_key_value(&cfg.presence.bucket).await {
+        // Only "not found" means missing; a timeout (say, during a leader
+        // election) is an API error the caller may retry.
+        return Err(if e.to_string().to_lowercase().contains("not found") {
+            StreamError::MissingBucket(cfg.presence.bucket.clone())
+        } else {
+            api("looking up the presence bucket", e)
+        });
     }
     Ok(epoch_of(info))
 }
