@@ -39,7 +39,9 @@ fn edge(cluster: &NatsCluster, first: usize) -> Herald {
 /// Publishes with a fixed message id until acknowledged; returns the sequence.
 async fn publish_acked(nc: &async_nats::Client, room: usize, n: u64) -> u64 {
     let js = async_nats::jetstream::new(nc.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        assert!(Instant::now() < deadline, "the cluster accepted no publish for 60 s");
         let mut h = async_nats::HeaderMap::new();
         h.insert("Herald-Event", "tick");
         h.insert("Nats-Msg-Id", format!("r{room}-{n}").as_str());
