@@ -41,7 +41,10 @@ async fn publish_acked(nc: &async_nats::Client, room: usize, n: u64) -> u64 {
     let js = async_nats::jetstream::new(nc.clone());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        assert!(Instant::now() < deadline, "the cluster accepted no publish for 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "the cluster accepted no publish for 60 s"
+        );
         let mut h = async_nats::HeaderMap::new();
         h.insert("Herald-Event", "tick");
         h.insert("Nats-Msg-Id", format!("r{room}-{n}").as_str());
