@@ -198,6 +198,18 @@ impl Metrics {
         );
         counter(
             &mut o,
+            "herald_gaps_unfillable_total",
+            "Gaps that could not be filled: events lost to retention.",
+            self.gaps_unfillable.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "herald_catchup_reads_total",
+            "Range reads sent to the stream for resumes (concurrent identical reads share one).",
+            self.catchup_reads.load(Relaxed),
+        );
+        counter(
+            &mut o,
             "herald_slow_consumer_disconnects_total",
             "Connections closed with 4008.",
             self.slow_consumer_disconnects.load(Relaxed),
@@ -274,5 +286,7 @@ mod tests {
         assert!(t.contains("herald_auth_failures_total{reason=\"expired\"} 1"));
         assert!(t.contains("herald_rpc_latency_seconds_bucket{le=\"0.005\"} 1"));
         assert!(t.contains("herald_rpc_latency_seconds_count 1"));
+        assert!(t.contains("herald_gaps_unfillable_total 0"));
+        assert!(t.contains("herald_catchup_reads_total 0"));
     }
 }
