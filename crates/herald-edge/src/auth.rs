@@ -529,6 +529,14 @@ mod tests {
                 .await
                 .is_err()
         );
+        // A configured audience is required, not merely checked when present.
+        assert!(
+            v.verify(&token(
+                serde_json::json!({"sub":"6","iss":"https://issuer"})
+            ))
+            .await
+            .is_err()
+        );
     }
 
     #[test]
