@@ -66,6 +66,7 @@ struct Seen {
     events: HashMap<String, Vec<u64>>,
     problems: Vec<String>,
     reconnects: u32,
+    retried_joins: u32,
 }
 
 async fn run_client(
@@ -153,6 +154,22 @@ async fn run_client(
                         cur.1 = seq;
                     }
                     s.events.entry(room).or_default().push(seq);
+                }
+                // `unavailable` answers a join while JetStream is electing a
+                // leader: the contract's "try again", which an app does.
+                Some("error") if v["code"] == "unavailable" && v["id"].is_u64() => {
+                    let room = &rooms[v["id"].as_u64().unwrap() as usize];
+                    let frame = match cursors.get(room) {
+                        Some((epoch, seq)) => {
+                            json!({"type":"join","id":v["id"],"room":room,"since":{"epoch":epoch,"seq":seq}})
+                        }
+                        None => json!({"type":"join","id":v["id"],"room":room}),
+                    };
+                    seen.lock().unwrap().retried_joins += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if c.send(frame).await.is_err() {
+                        break;
+                    }
                 }
                 Some("error") => seen
                     .lock()
