@@ -425,15 +425,10 @@ impl Router {
             self.gap_notice(state, upto);
         }
         for e in events {
-            let Some(event) = e.event.as_deref().filter(|e| valid_event_name(e)) else {
+            let Some(frame) = e.frame(&state.room) else {
                 continue;
             };
-            let frame = Utf8Bytes::from(event_frame(
-                state.room.as_str(),
-                event,
-                Some(e.seq),
-                &e.payload,
-            ));
+            let frame = Utf8Bytes::from(frame);
             self.deliver(
                 state,
                 Some(e.seq),

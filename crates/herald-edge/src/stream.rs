@@ -196,6 +196,24 @@ pub struct StoredEvent {
     pub headers: Option<HeaderMap>,
 }
 
+impl StoredEvent {
+    /// The `event` frame for this stored event in `room`; `None` when the
+    /// producer left out a valid `Herald-Event` header (such events are never
+    /// delivered, live or replayed).
+    pub fn frame(&self, room: &herald_protocol::Room) -> Option<String> {
+        let name = self
+            .event
+            .as_deref()
+            .filter(|n| headers::valid_event_name(n))?;
+        Some(herald_protocol::frame::event_frame(
+            room.as_str(),
+            name,
+            Some(self.seq),
+            &self.payload,
+        ))
+    }
+}
+
 fn header_u64(h: Option<&HeaderMap>, name: &str) -> Option<u64> {
     h?.get(name)?.as_str().parse().ok()
 }

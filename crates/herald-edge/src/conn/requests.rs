@@ -9,10 +9,8 @@ use super::handle::{Disconnect, Outbound};
 use crate::edge::Edge;
 use async_nats::HeaderMap;
 use herald_protocol::claims::JoinDecision;
-use herald_protocol::frame::{
-    ClientFrame, ServerFrame, Since, decode_client_frame, event_frame, reply_frame,
-};
-use herald_protocol::headers::{self, valid_event_name};
+use herald_protocol::frame::{ClientFrame, ServerFrame, Since, decode_client_frame, reply_frame};
+use herald_protocol::headers;
 use herald_protocol::subject::LifecycleEvent;
 use herald_protocol::{CloseCode, ErrorCode, Room};
 use serde_json::value::RawValue;
@@ -373,7 +371,7 @@ impl Conn {
         let me = &self.session.user;
         let mut frames = Vec::with_capacity(events.len());
         for e in events {
-            let Some(name) = e.event.as_deref().filter(|n| valid_event_name(n)) else {
+            let Some(frame) = e.frame(room) else {
                 continue;
             };
             let excluded = e
@@ -382,7 +380,7 @@ impl Conn {
                 .and_then(|h| h.get(headers::EXCLUDE_USER))
                 .is_some_and(|v| v.as_str() == me.as_str() || v.as_str() == me.encoded());
             if !excluded {
-                frames.push(event_frame(room.as_str(), name, Some(e.seq), &e.payload));
+                frames.push(frame);
             }
         }
         Ok(Resume {
@@ -417,13 +415,7 @@ impl Conn {
                     .await;
             }
         };
-        let frames: Vec<String> = events
-            .iter()
-            .filter_map(|e| {
-                let name = e.event.as_deref().filter(|n| valid_event_name(n))?;
-                Some(event_frame(room.as_str(), name, Some(e.seq), &e.payload))
-            })
-            .collect();
+        let frames: Vec<String> = events.iter().filter_map(|e| e.frame(&room)).collect();
         let raw: Vec<Box<RawValue>> = frames
             .into_iter()
             .filter_map(|f| RawValue::from_string(f).ok())
