@@ -80,6 +80,20 @@ async fn emit_without_a_service_gets_no_handler_and_a_slow_one_timeout() {
     let svc = nats.client().await.unwrap();
     let _silent = svc.subscribe("herald.rpc.slow").await.unwrap();
     svc.flush().await.unwrap();
+    // nats-server can answer "no responders" for a moment after another
+    // connection's SUB was flushed; wait until a probe reaches the service.
+    let probe = nats.client().await.unwrap();
+    for _ in 0..50 {
+        let r = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            probe.request("herald.rpc.slow", "".into()),
+        )
+        .await;
+        if r.is_err() {
+            break; // delivered to the silent service: it has interest
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     c.send(json!({"type":"emit","id":2,"event":"slow"}))
         .await
         .unwrap();

@@ -373,21 +373,45 @@ impl Default for StreamConfig {
     }
 }
 
-/// The presence bucket.
+/// Presence: the KV bucket and how edges keep it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PresenceConfig {
+    /// Track presence at all. Off: no KV writes, `presence` requests answer
+    /// `unavailable`, no `presence_join`/`presence_leave`.
+    pub enabled: bool,
     /// KV bucket name.
     pub bucket: String,
     /// Replicas.
     pub replicas: usize,
+    /// Room kinds without presence (no writes, no announcements, `presence`
+    /// requests answer `not_found`), e.g. `["program"]` for rooms where joins
+    /// and leaves would only be noise.
+    pub disabled_kinds: Vec<String>,
+    /// How often this edge refreshes its heartbeat key (one KV write per edge).
+    pub heartbeat_secs: u64,
+    /// How long after its last heartbeat a silent edge's entries are removed
+    /// and its users' leaves announced. At least twice `heartbeat_secs`.
+    pub expiry_secs: u64,
+    /// At most this many users are listed in a `presence` reply (the reply's
+    /// `total` still counts all).
+    pub query_max: usize,
+    /// How often each edge also scans the bucket for entries of vanished edges
+    /// (besides reacting to heartbeat expiries). 0 turns the periodic scan off.
+    pub sweep_interval_secs: u64,
 }
 
 impl Default for PresenceConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             bucket: "herald_presence".into(),
             replicas: 1,
+            disabled_kinds: Vec::new(),
+            heartbeat_secs: 5,
+            expiry_secs: 15,
+            query_max: 1000,
+            sweep_interval_secs: 300,
         }
     }
 }
@@ -536,6 +560,7 @@ impl Config {
             .separator("__")
             .list_separator(",")
             .with_list_parse_key("allowed_origins")
+            .with_list_parse_key("presence.disabled_kinds")
             .try_parsing(true);
         if let Some(env) = env {
             e = e.source(Some(env));
@@ -594,6 +619,28 @@ impl Config {
                 "auth.hs256_secret",
                 "HERALD_AUTH__HS256_SECRET",
                 "the secret is shorter than 16 bytes; use at least 32 random bytes",
+            ));
+        }
+        let p = &self.presence;
+        if p.heartbeat_secs == 0 || p.expiry_secs < 2 * p.heartbeat_secs {
+            return Err(invalid(
+                "presence.expiry_secs",
+                "HERALD_PRESENCE__EXPIRY_SECS",
+                format!(
+                    "must be at least twice presence.heartbeat_secs ({}), and the heartbeat at least 1 s",
+                    p.heartbeat_secs
+                ),
+            ));
+        }
+        if let Some(k) = p
+            .disabled_kinds
+            .iter()
+            .find(|k| herald_protocol::Room::from_parts(k, "x").is_err())
+        {
+            return Err(invalid(
+                "presence.disabled_kinds",
+                "HERALD_PRESENCE__DISABLED_KINDS",
+                format!("`{k}` is not a room kind ([a-z][a-z0-9_-]{{0,31}})"),
             ));
         }
         if a.cookie_name.is_empty() {

@@ -51,6 +51,8 @@ pub struct Edge {
     pub router: Arc<Router>,
     /// Connections by user.
     pub registry: Registry,
+    /// Presence: this edge's writes and the cluster's reads.
+    pub presence: Arc<crate::presence::Tracker>,
     /// Stored-event reads.
     pub reader: StreamReader,
     /// Resume reads, shared between identical concurrent requests.
@@ -146,7 +148,17 @@ impl Edge {
             signals.clone(),
         );
         let reads = stream::SharedReads::new(reader.clone(), metrics.clone());
+        let conn_salt: u32 = rand::random();
+        let presence = crate::presence::Tracker::new(
+            cfg.presence.clone(),
+            &id,
+            &format!("{id}-{conn_salt:08x}"),
+            client.clone(),
+            subjects.clone(),
+            metrics.clone(),
+        );
         let edge = Arc::new(Self {
+            presence,
             reads,
             id,
             subjects,
@@ -161,7 +173,7 @@ impl Edge {
             signals,
             epoch,
             conn_seq: AtomicU64::new(0),
-            conn_salt: rand::random(),
+            conn_salt,
             cfg,
         });
         Ok(edge)

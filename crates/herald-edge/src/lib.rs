@@ -6,6 +6,7 @@
 //! can be tuned), [`auth`] (tokens), [`conn`] (one connection from upgrade to
 //! close), [`router`] (rooms, interest-based subscriptions and the fan-out),
 //! [`stream`] (the JetStream stream: setup, epoch, reading events back),
+//! [`presence`] (this edge's share of the presence bucket, and queries),
 //! [`control`] (services steering live connections), [`registry`], [`metrics`],
 //! [`nats`] and [`server`] (HTTP routes and the drain). [`Edge`] ties them
 //! together and is passed explicitly to every task.
@@ -18,6 +19,7 @@ pub mod control;
 pub mod edge;
 pub mod metrics;
 pub mod nats;
+pub mod presence;
 pub mod registry;
 pub mod router;
 pub mod server;

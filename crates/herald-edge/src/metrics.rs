@@ -78,6 +78,18 @@ pub struct Metrics {
     pub events_out: AtomicU64,
     /// Gaps that could not be filled (events lost to retention).
     pub gaps_unfillable: AtomicU64,
+    /// Presence entry writes (creates, updates, removals) to KV.
+    pub presence_writes: AtomicU64,
+    /// Presence heartbeat writes to KV.
+    pub presence_heartbeats: AtomicU64,
+    /// Presence writes retried because another edge wrote the key first.
+    pub presence_conflicts: AtomicU64,
+    /// Presence writes that failed (NATS away); they are retried.
+    pub presence_errors: AtomicU64,
+    /// `presence_join`/`presence_leave` announcements published.
+    pub presence_announcements: AtomicU64,
+    /// Presence entries cleaned of edges that stopped heartbeating.
+    pub presence_swept: AtomicU64,
     /// Range reads actually sent to the stream for resumes (shared reads count once).
     pub catchup_reads: AtomicU64,
     /// Events read back from the stream for resumes.
@@ -202,6 +214,40 @@ impl Metrics {
             "Gaps that could not be filled: events lost to retention.",
             self.gaps_unfillable.load(Relaxed),
         );
+        for (name, help, v) in [
+            (
+                "herald_presence_writes_total",
+                "Presence entry writes to KV (joins and leaves only).",
+                &self.presence_writes,
+            ),
+            (
+                "herald_presence_heartbeats_total",
+                "Presence heartbeat writes to KV (one per interval per edge).",
+                &self.presence_heartbeats,
+            ),
+            (
+                "herald_presence_conflicts_total",
+                "Presence writes retried because another edge wrote the key first.",
+                &self.presence_conflicts,
+            ),
+            (
+                "herald_presence_errors_total",
+                "Presence writes that failed and were retried.",
+                &self.presence_errors,
+            ),
+            (
+                "herald_presence_announcements_total",
+                "presence_join and presence_leave announcements published by this edge.",
+                &self.presence_announcements,
+            ),
+            (
+                "herald_presence_swept_total",
+                "Presence entries cleaned of edges that stopped heartbeating.",
+                &self.presence_swept,
+            ),
+        ] {
+            counter(&mut o, name, help, v.load(Relaxed));
+        }
         counter(
             &mut o,
             "herald_catchup_reads_total",

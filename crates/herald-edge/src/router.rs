@@ -28,9 +28,9 @@ use crate::stream::StreamReader;
 use async_nats::{Client, HeaderMap};
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt as _;
-use herald_protocol::frame::event_frame;
+use herald_protocol::frame::{event_frame, presence_join_frame, presence_leave_frame};
 use herald_protocol::headers::{self, valid_event_name};
-use herald_protocol::{CloseCode, Room, Subjects, UserId};
+use herald_protocol::{CloseCode, Room, Subjects, UserId, presence};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -475,6 +475,9 @@ impl Router {
 
     async fn on_message(&self, state: &RoomState, msg: async_nats::Message) {
         let h = msg.headers.as_ref();
+        if let Some(kind) = h.and_then(|h| h.get(presence::HEADER)) {
+            return self.on_presence(state, kind.as_str(), &msg);
+        }
         let Some(event) = h
             .and_then(|h| h.get(headers::EVENT))
             .map(|v| v.as_str())
@@ -503,6 +506,39 @@ impl Router {
         }
         let frame = Utf8Bytes::from(event_frame(state.room.as_str(), event, seq, &msg.payload));
         self.deliver(state, seq, frame, &Exclusions::from(h));
+    }
+
+    /// A `presence_join`/`presence_leave` announcement from the edge that made
+    /// the transition: delivered like a volatile event.
+    fn on_presence(&self, state: &RoomState, kind: &str, msg: &async_nats::Message) {
+        let user = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(headers::USER))
+            .and_then(|v| UserId::decode(v.as_str()).ok());
+        let Some(user) = user else {
+            tracing::warn!(subject = %msg.subject, "dropping a presence announcement without a valid Herald-User");
+            return;
+        };
+        let frame = match kind {
+            "join" => {
+                let info = serde_json::from_slice::<serde_json::Value>(&msg.payload).ok();
+                presence_join_frame(state.room.as_str(), user.as_str(), info.as_ref())
+            }
+            "leave" => presence_leave_frame(state.room.as_str(), user.as_str()),
+            other => {
+                tracing::warn!(
+                    kind = other,
+                    "dropping a presence announcement of unknown kind"
+                );
+                return;
+            }
+        };
+        let none = Exclusions {
+            conn: None,
+            users: Vec::new(),
+        };
+        self.deliver(state, None, Utf8Bytes::from(frame), &none);
     }
 
     /// Hands one frame to every member (buffering for pending ones).

@@ -17,6 +17,7 @@ use axum::routing::get;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// The demo page served at `/` when `demo_page` is on.
 const DEMO_PAGE: &str = include_str!("demo.html");
@@ -93,6 +94,12 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) -> std::io::Result<()
         .verifier
         .uses_jwks()
         .then(|| tokio::spawn(refresh_jwks(edge.clone())));
+    let presence_stop = CancellationToken::new();
+    let presence = tokio::spawn(
+        edge.presence
+            .clone()
+            .run(presence_stop.clone(), edge.signals.clone()),
+    );
     let app = routes(edge.clone());
     let shutdown = edge.shutdown.clone();
     axum::serve(listener, app)
@@ -108,6 +115,14 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) -> std::io::Result<()
         .is_err()
     {
         tracing::warn!("drain timeout: closing remaining connections");
+    }
+    // Every connection has left its rooms: remove this edge's presence.
+    presence_stop.cancel();
+    if tokio::time::timeout(Duration::from_secs(6), presence)
+        .await
+        .is_err()
+    {
+        tracing::warn!("presence cleanup timed out");
     }
     ctl.abort();
     epoch_watch.abort();

@@ -408,6 +408,19 @@ pub enum ServerFrame<'a> {
         /// The events, oldest first, each as an `event` frame object.
         events: Vec<&'a RawValue>,
     },
+    /// The answer to `presence`.
+    Presence {
+        /// Request id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<i64>,
+        /// The room.
+        room: &'a str,
+        /// The users present, sorted by id (at most `presence.query_max`).
+        users: &'a [crate::presence::Member],
+        /// How many users are present in all (more than `users` holds when
+        /// the list was cut at `presence.query_max`).
+        total: usize,
+    },
     /// Sent just before the edge closes the connection.
     Disconnect {
         /// The close code that follows.

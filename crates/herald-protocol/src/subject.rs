@@ -149,6 +149,10 @@ pub enum LifecycleEvent {
     RoomJoin,
     /// A connection left a room (`P.events.room.leave`).
     RoomLeave,
+    /// A user's first connection anywhere in the cluster (`P.events.user.online`).
+    UserOnline,
+    /// A user's last connection anywhere in the cluster ended (`P.events.user.offline`).
+    UserOffline,
 }
 
 impl LifecycleEvent {
@@ -159,6 +163,8 @@ impl LifecycleEvent {
             Self::ConnClose => "conn.close",
             Self::RoomJoin => "room.join",
             Self::RoomLeave => "room.leave",
+            Self::UserOnline => "user.online",
+            Self::UserOffline => "user.offline",
         }
     }
 }

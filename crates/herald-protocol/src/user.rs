@@ -35,8 +35,24 @@ pub enum UserIdError {
 }
 
 /// A validated user id (the token's `sub`).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Serialized as the raw id string; deserializing validates it.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct UserId(String);
+
+impl TryFrom<String> for UserId {
+    type Error = UserIdError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(s)
+    }
+}
+
+impl From<UserId> for String {
+    fn from(u: UserId) -> Self {
+        u.0
+    }
+}
 
 fn is_plain_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'-'

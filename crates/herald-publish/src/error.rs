@@ -27,6 +27,10 @@ pub enum ErrorKind {
     Publish,
     /// Subscribing (for a service helper) failed.
     Subscribe,
+    /// A presence read failed (NATS unreachable, unexpected answer).
+    Read,
+    /// The presence bucket does not exist: run `herald setup`.
+    NoBucket,
 }
 
 impl ErrorKind {
@@ -43,12 +47,17 @@ impl ErrorKind {
             Self::TooLarge => "too_large",
             Self::Publish => "publish",
             Self::Subscribe => "subscribe",
+            Self::Read => "read",
+            Self::NoBucket => "no_bucket",
         }
     }
 
     /// Whether trying the same operation again may succeed.
     pub fn is_transient(self) -> bool {
-        matches!(self, Self::Timeout | Self::Publish | Self::Connect)
+        matches!(
+            self,
+            Self::Timeout | Self::Publish | Self::Connect | Self::Read
+        )
     }
 }
 

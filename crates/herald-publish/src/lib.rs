@@ -8,6 +8,8 @@
 //!   type does not compile ([`Publisher::send`]).
 //! - [`rpc_handler`] and [`authorizer`]: answer clients' `emit` and join requests
 //!   as NATS queue groups.
+//! - [`Presence`]: who is online, per room and per user (`is_online`,
+//!   `online_bulk`, `members`, `count`, `rooms_of`).
 //!
 //! Subjects and user ids are never written by hand: they come from
 //! [`herald_protocol::Subjects`], [`Room`] and
@@ -16,12 +18,14 @@
 
 pub mod error;
 pub mod event;
+pub mod presence;
 pub mod publisher;
 pub mod service;
 
 pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, valid_event_name};
 pub use herald_protocol::{ErrorCode, Room, UserId};
+pub use presence::Presence;
 pub use publisher::{Ack, Control, DetachedStats, EmitOptions, Publisher, PublisherBuilder};
 pub use service::{
     JoinRequest, RpcContext, ServiceError, ServiceHandle, Verdict, authorizer, rpc_handler,

@@ -14,10 +14,21 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A test WebSocket client.
+///
+/// Presence pushes (`presence_join`, `presence_leave`) arrive asynchronously,
+/// interleaved with everything else; [`recv`](Self::recv) and friends set them
+/// aside, and [`recv_presence`](Self::recv_presence) reads them, so tests of
+/// events and tests of presence each see only their own frames, in order.
 pub struct WsClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// The close frame, once received.
     pub closed: Option<Option<CloseFrame>>,
+    frames: std::collections::VecDeque<Value>,
+    presence: std::collections::VecDeque<Value>,
+}
+
+fn is_presence(v: &Value) -> bool {
+    matches!(v["type"].as_str(), Some("presence_join" | "presence_leave"))
 }
 
 impl WsClient {
@@ -33,7 +44,12 @@ impl WsClient {
         let (ws, _) = tokio_tungstenite::connect_async(req)
             .await
             .context("WebSocket handshake")?;
-        Ok(Self { ws, closed: None })
+        Ok(Self {
+            ws,
+            closed: None,
+            frames: Default::default(),
+            presence: Default::default(),
+        })
     }
 
     /// Connects with `?token=`.
@@ -66,9 +82,49 @@ impl WsClient {
         Ok(())
     }
 
-    /// The next JSON frame (pings and pongs skipped); `Err` on close or timeout.
+    /// The next JSON frame other than a presence push (pings and pongs
+    /// skipped); `Err` on close or timeout.
     pub async fn recv_within(&mut self, t: Duration) -> Result<Value> {
+        if let Some(v) = self.frames.pop_front() {
+            return Ok(v);
+        }
         let deadline = tokio::time::Instant::now() + t;
+        loop {
+            let v = self.read_socket(deadline, t).await?;
+            if is_presence(&v) {
+                self.presence.push_back(v);
+            } else {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// The next presence push (`presence_join` / `presence_leave`) within `t`;
+    /// other frames read meanwhile stay queued for [`recv`](Self::recv).
+    pub async fn recv_presence(&mut self, t: Duration) -> Result<Value> {
+        if let Some(v) = self.presence.pop_front() {
+            return Ok(v);
+        }
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            let v = self.read_socket(deadline, t).await?;
+            if is_presence(&v) {
+                return Ok(v);
+            }
+            self.frames.push_back(v);
+        }
+    }
+
+    /// Whether no presence push arrives within `t`.
+    pub async fn no_presence_for(&mut self, t: Duration) -> Result<()> {
+        match self.recv_presence(t).await {
+            Ok(v) => bail!("expected no presence push, got {v}"),
+            Err(e) if e.to_string().starts_with("no frame") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn read_socket(&mut self, deadline: tokio::time::Instant, t: Duration) -> Result<Value> {
         loop {
             let m = tokio::time::timeout_at(deadline, self.ws.next())
                 .await

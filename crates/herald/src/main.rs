@@ -28,6 +28,8 @@ enum Command {
     Setup,
     /// Publish an event to a room (durable unless --volatile).
     Publish(cmd::publish::PublishArgs),
+    /// Who is online: in a room (`herald presence channel:42`) or a user (`--user 6`).
+    Presence(cmd::presence::PresenceArgs),
     /// Mint a token signed with the configured HS256 secret (for development and tests).
     Token(cmd::token::TokenArgs),
 }
@@ -40,6 +42,7 @@ async fn main() -> std::process::ExitCode {
         Command::Dev(a) => cmd::dev::run(cli.config.as_deref(), a).await,
         Command::Setup => cmd::setup::run(cli.config.as_deref()).await,
         Command::Publish(a) => cmd::publish::run(cli.config.as_deref(), a).await,
+        Command::Presence(a) => cmd::presence::run(cli.config.as_deref(), a).await,
         Command::Token(a) => cmd::token::run(cli.config.as_deref(), a),
     };
     match result {

@@ -244,6 +244,7 @@ pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
     conn.inflight.abort_all();
     for room in conn.rooms.keys() {
         edge.router.leave(handle.id(), room);
+        edge.presence.exit(room, handle.user());
         conn.lifecycle(LifecycleEvent::RoomLeave, Some(room)).await;
     }
     edge.registry.unregister(&handle);

@@ -125,16 +125,7 @@ impl Conn {
                 event,
                 data,
             } => self.publish(id, room, event, data).await,
-            ClientFrame::Presence { id, .. } => {
-                self.fail(
-                    id,
-                    Failure::new(
-                        ErrorCode::Unavailable,
-                        "presence is not available on this edge version",
-                    ),
-                )
-                .await
-            }
+            ClientFrame::Presence { id, room } => self.presence(id, room).await,
             ClientFrame::History { id, room, limit } => self.history(id, room, limit).await,
             ClientFrame::Refresh { id, token } => self.refresh(id, token).await,
             ClientFrame::Ping { id } => self.send(ServerFrame::Pong { id }.encode()).await,
@@ -304,6 +295,9 @@ impl Conn {
         self.edge
             .router
             .activate(&room, self.handle.id(), resume.last.max(ticket.last_seq));
+        self.edge
+            .presence
+            .enter(&room, &self.session.user, self.session.claims.info.as_ref());
         self.lifecycle(LifecycleEvent::RoomJoin, Some(&room)).await;
     }
 
@@ -428,6 +422,55 @@ impl Conn {
         self.send(frame.encode()).await;
     }
 
+    /// Who is in a room, across the cluster, authorized as a join would be.
+    async fn presence(&mut self, id: Option<i64>, room: Room) {
+        let tracker = &self.edge.presence;
+        if !tracker.enabled() {
+            return self
+                .fail(
+                    id,
+                    Failure::new(
+                        ErrorCode::Unavailable,
+                        "presence is turned off on this edge (presence.enabled)",
+                    ),
+                )
+                .await;
+        }
+        if !tracker.tracks(&room) {
+            let msg = format!(
+                "presence is off for rooms of kind `{}` (presence.disabled_kinds)",
+                room.kind()
+            );
+            return self.fail(id, Failure::new(ErrorCode::NotFound, msg)).await;
+        }
+        if !self.rooms.contains_key(&room)
+            && let Err(f) = self.authorize(&room).await
+        {
+            return self.fail(id, f).await;
+        }
+        match tracker
+            .members(&room, self.edge.cfg.presence.query_max)
+            .await
+        {
+            Ok((users, total)) => {
+                let frame = ServerFrame::Presence {
+                    id,
+                    room: room.as_str(),
+                    users: &users,
+                    total,
+                };
+                self.send(frame.encode()).await;
+            }
+            Err(e) => {
+                self.fail(
+                    id,
+                    Failure::new(ErrorCode::Unavailable, format!("reading presence: {e}")),
+                )
+                .await
+            }
+        }
+    }
+
     pub(crate) async fn leave(&mut self, room: Room, id: Option<i64>) {
         if self.rooms.remove(&room).is_none() {
             if id.is_some() {
@@ -437,6 +480,7 @@ impl Conn {
             return;
         }
         self.edge.router.leave(self.handle.id(), &room);
+        self.edge.presence.exit(&room, &self.session.user);
         self.lifecycle(LifecycleEvent::RoomLeave, Some(&room)).await;
         self.send(
             ServerFrame::Left {

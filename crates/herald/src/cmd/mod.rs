@@ -1,6 +1,7 @@
 //! One module per subcommand, plus what they share.
 
 pub mod dev;
+pub mod presence;
 pub mod publish;
 pub mod serve;
 pub mod setup;
