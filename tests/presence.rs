@@ -463,13 +463,17 @@ async fn write_load_follows_joins_and_leaves_and_heartbeats_follow_edges() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
+    let beat: u64 = 2;
     let nats = NatsServer::start().unwrap();
     let edges: Vec<Herald> = (0..2)
         .map(|_| {
             HeraldBuilder::new(&nats)
-                .env("HERALD_PRESENCE__HEARTBEAT_SECS", "1")
-                .env("HERALD_PRESENCE__EXPIRY_SECS", "5")
+                .env("HERALD_PRESENCE__HEARTBEAT_SECS", &beat.to_string())
+                .env("HERALD_PRESENCE__EXPIRY_SECS", &(3 * beat).to_string())
                 .env("HERALD_LIMITS__MAX_CONNECTIONS", "20000")
+                // A connection storm on a shared 2-core machine: each new room's
+                // first read may queue behind thousands of JetStream API calls.
+                .env("HERALD_CATCHUP__TIMEOUT_MS", "30000")
                 .env("HERALD_LOG__LEVEL", "info")
                 .start()
                 .unwrap()
@@ -530,7 +534,7 @@ async fn write_load_follows_joins_and_leaves_and_heartbeats_follow_edges() {
                 c
             }
         })
-        .buffer_unordered(200);
+        .buffer_unordered(64);
     use futures::StreamExt as _;
     while let Some(c) = opening.next().await {
         clients.push(c);
@@ -540,6 +544,15 @@ async fn write_load_follows_joins_and_leaves_and_heartbeats_follow_edges() {
     let seq_open = kv_seq().await;
     let sdk = Presence::new(nats.client().await.unwrap(), "herald_presence");
     let big = herald_publish::Room::parse("channel:big").unwrap();
+    let swept = edges
+        .iter()
+        .flat_map(|e| e.logs())
+        .filter(|l| l.contains("heartbeat expired") || l.contains("removed presence"))
+        .count();
+    eprintln!(
+        "connected {conns} in {opened_in:.1?}: {writes_open} entry writes, KV at seq {seq_open}, \
+         {swept} expiry/sweep log lines"
+    );
     assert_eq!(sdk.count(&big).await.unwrap(), conns);
 
     // Idle: nothing joins or leaves. Only heartbeats may be written.
@@ -574,13 +587,14 @@ async fn write_load_follows_joins_and_leaves_and_heartbeats_follow_edges() {
     // Idle: no entry writes; heartbeats bounded by edges × intervals (+1 each
     // for timer phase), whatever the connection count.
     assert_eq!(idle_writes, 0.0);
-    let max_beats = 2.0 * (idle_secs as f64 + 2.0);
+    let intervals = idle_secs as f64 / beat as f64;
+    let max_beats = 2.0 * (intervals + 2.0);
     assert!(
         idle_beats <= max_beats,
         "{idle_beats} heartbeats in {idle_secs} s"
     );
     assert!(
-        idle_beats >= 2.0 * (idle_secs as f64 - 2.0),
+        idle_beats >= 2.0 * (intervals - 2.0),
         "{idle_beats} heartbeats in {idle_secs} s"
     );
     assert!(

@@ -58,6 +58,10 @@ struct Local {
 struct State {
     local: HashMap<Pair, Local>,
     dirty: HashSet<Pair>,
+    /// What this edge last wrote for each pair it is in: `(revision, value)`.
+    /// The next write tries that revision without reading first; a failed
+    /// compare-and-set means someone else wrote, and only then is the key read.
+    known: HashMap<Pair, (u64, Entry)>,
 }
 
 /// Why a KV operation failed.
@@ -87,6 +91,7 @@ pub struct Tracker {
     beat_now: Notify,
     heartbeat_rev: AtomicU64,
     msg_get: String,
+    direct_get: String,
     prefix: String,
 }
 
@@ -123,6 +128,7 @@ impl Tracker {
             js: jetstream::new(client.clone()),
             reader: herald_publish::Presence::new(client.clone(), cfg.bucket.clone()),
             msg_get: format!("$JS.API.STREAM.MSG.GET.KV_{}", cfg.bucket),
+            direct_get: format!("$JS.API.DIRECT.GET.KV_{}", cfg.bucket),
             prefix: format!("$KV.{}.", cfg.bucket),
             client,
             subjects,
@@ -317,14 +323,25 @@ impl Tracker {
     async fn sync_pair(&self, pair: &Pair) -> Result<(), KvError> {
         let key = presence::key(&pair.0, &pair.1);
         for attempt in 0..CAS_ATTEMPTS {
-            let (want, info) = match self.state.lock() {
-                Ok(s) => s
-                    .local
-                    .get(pair)
-                    .map_or((0, None), |l| (l.conns, l.info.clone())),
+            let (want, info, known) = match self.state.lock() {
+                Ok(s) => {
+                    let (want, info) = s
+                        .local
+                        .get(pair)
+                        .map_or((0, None), |l| (l.conns, l.info.clone()));
+                    (want, info, s.known.get(pair).cloned())
+                }
                 Err(_) => return Ok(()),
             };
-            let (rev, old) = self.read_entry(&key).await?;
+            // First attempt: what we wrote last, or, for a pair new to this
+            // edge, "absent". A failed compare-and-set costs one read: from any
+            // replica first, then from the stream leader.
+            let (rev, old) = match (attempt, known) {
+                (0, Some((rev, e))) => (rev, Some(e)),
+                (0, None) if want > 0 => (0, None),
+                (0 | 1, _) => self.read_entry(&key, false).await?,
+                _ => self.read_entry(&key, true).await?,
+            };
             let mut new = old.clone().unwrap_or_default();
             if want > 0 {
                 new.edges.insert(self.instance.clone(), want);
@@ -344,8 +361,15 @@ impl Tracker {
                 self.put(&key, new.encode().into(), Some(rev), None).await
             };
             match written {
-                Ok(_) => {
+                Ok(seq) => {
                     self.metrics.presence_writes.fetch_add(1, Relaxed);
+                    if let Ok(mut s) = self.state.lock() {
+                        if new.edges.is_empty() {
+                            s.known.remove(pair);
+                        } else {
+                            s.known.insert(pair.clone(), (seq, new.clone()));
+                        }
+                    }
                     if !existed {
                         self.announce(&pair.0, &pair.1, true, new.info.as_ref())
                             .await;
@@ -470,6 +494,7 @@ impl Tracker {
                 if let Ok(mut s) = self.state.lock() {
                     let all: Vec<Pair> = s.local.keys().cloned().collect();
                     s.dirty.extend(all);
+                    s.known.clear();
                 }
                 self.wake.notify_one();
                 seq
@@ -637,7 +662,7 @@ impl Tracker {
             return Ok(false);
         };
         for attempt in 0..CAS_ATTEMPTS {
-            let (rev, old) = self.read_entry(key).await?;
+            let (rev, old) = self.read_entry(key, attempt > 0).await?;
             let Some(old) = old else { return Ok(false) };
             let mut new = old.clone();
             new.edges.retain(|i, _| !dead.contains(i));
@@ -717,9 +742,48 @@ impl Tracker {
         Ok((m.seq, Some(data.into())))
     }
 
-    async fn read_entry(&self, key: &str) -> Result<(u64, Option<Entry>), KvError> {
-        let (rev, v) = self.read(key).await?;
+    /// Reads an entry: from the stream leader (`leader`), or with Direct Get,
+    /// which any replica answers without queuing behind JetStream API calls
+    /// (possibly stale, which a compare-and-set then catches).
+    async fn read_entry(&self, key: &str, leader: bool) -> Result<(u64, Option<Entry>), KvError> {
+        let (rev, v) = if leader {
+            self.read(key).await?
+        } else {
+            self.read_direct(key).await?
+        };
         Ok((rev, v.and_then(|v| Entry::decode(&v))))
+    }
+
+    /// [`read`](Self::read) with Direct Get.
+    async fn read_direct(&self, key: &str) -> Result<(u64, Option<Bytes>), KvError> {
+        let subject = format!("{}.{}{key}", self.direct_get, self.prefix);
+        let req = self.client.request(subject, Bytes::new());
+        let msg = match tokio::time::timeout(Duration::from_secs(5), req).await {
+            Err(_) => {
+                return Err(KvError::Nats(
+                    "the presence bucket did not answer in time".into(),
+                ));
+            }
+            Ok(Err(e)) => return Err(KvError::Nats(format!("reading presence: {e}"))),
+            Ok(Ok(m)) => m,
+        };
+        if msg.status == Some(async_nats::StatusCode::NOT_FOUND) {
+            return Ok((0, None));
+        }
+        let h = msg.headers.as_ref();
+        let Some(seq) = h
+            .and_then(|h| h.get(headers::NATS_SEQUENCE))
+            .and_then(|v| v.as_str().parse::<u64>().ok())
+        else {
+            return Err(KvError::Nats(format!(
+                "reading presence: unexpected reply (status {:?})",
+                msg.status
+            )));
+        };
+        let tombstone = h.is_some_and(|h| {
+            h.get("KV-Operation").is_some() || h.get("Nats-Marker-Reason").is_some()
+        });
+        Ok((seq, (!tombstone).then_some(msg.payload)))
     }
 
     /// Writes a value; `expect` is the key's revision it must still have
