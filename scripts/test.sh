@@ -13,8 +13,10 @@ if [ ! -x target/py-venv/bin/python ] || ! target/py-venv/bin/python -c "import 
 fi
 export HERALD_PYTHON="$PWD/target/py-venv/bin/python"
 cargo test --workspace "$@"
-# The Helm chart: lint, render, schemas, and the rendered cluster run on loopback
-# (skipped when arguments select particular cargo tests).
+# The Helm chart: lint, render, schemas, and the rendered cluster run on loopback;
+# the browser client: unit tests and the demo page in headless Chromium
+# (both skipped when arguments select particular cargo tests).
 if [ $# -eq 0 ]; then
   scripts/test-helm.sh
+  scripts/test-js.sh
 fi

@@ -22,6 +22,10 @@ use tokio_util::sync::CancellationToken;
 /// The demo page served at `/` when `demo_page` is on.
 const DEMO_PAGE: &str = include_str!("demo.html");
 
+/// The browser client (`clients/js`, built by `tsc`), served at `/herald.js` beside
+/// the demo page. `scripts/test-js.sh` checks that it matches its sources.
+const CLIENT_JS: &str = include_str!("herald.js");
+
 /// Builds the HTTP routes.
 pub fn routes(edge: Arc<Edge>) -> axum::Router {
     let mut r = axum::Router::new()
@@ -30,7 +34,18 @@ pub fn routes(edge: Arc<Edge>) -> axum::Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
     if edge.cfg.demo_page {
-        r = r.route("/", get(|| async { Html(DEMO_PAGE) }));
+        r = r.route("/", get(|| async { Html(DEMO_PAGE) })).route(
+            "/herald.js",
+            get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+                        (header::CACHE_CONTROL, "no-cache"),
+                    ],
+                    CLIENT_JS,
+                )
+            }),
+        );
     }
     r.with_state(edge)
 }
@@ -88,6 +103,16 @@ async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
 /// Serves until `edge.shutdown` is cancelled, then drains: no new connections,
 /// every client gets `disconnect` 1012, writers flush, NATS is drained.
 pub async fn serve(edge: Arc<Edge>, listener: TcpListener) -> std::io::Result<()> {
+    serve_with(edge, listener, axum::Router::new()).await
+}
+
+/// [`serve`] with more routes beside the edge's own (`herald dev` adds its
+/// development token endpoint this way).
+pub async fn serve_with(
+    edge: Arc<Edge>,
+    listener: TcpListener,
+    extra: axum::Router,
+) -> std::io::Result<()> {
     let ctl = tokio::spawn(crate::control::run(edge.clone()));
     let epoch_watch = tokio::spawn(watch_reconnects(edge.clone()));
     let jwks = edge
@@ -100,7 +125,7 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) -> std::io::Result<()
             .clone()
             .run(presence_stop.clone(), edge.signals.clone()),
     );
-    let app = routes(edge.clone());
+    let app = routes(edge.clone()).merge(extra);
     let shutdown = edge.shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

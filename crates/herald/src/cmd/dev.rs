@@ -1,8 +1,9 @@
 //! `herald dev`: everything on one machine for trying Herald out.
 //!
 //! Starts `nats-server -js` as a child process with its store in a temporary
-//! directory, sets up the stream and bucket, runs an edge with the demo page,
-//! and prints how to connect and publish. Ctrl-C stops the edge and the child.
+//! directory, sets up the stream and bucket, runs an edge with the demo page and
+//! the demo chat service ([`super::demo_chat`]), and prints how to connect and
+//! publish. Ctrl-C stops the edge and the child.
 
 use super::token::{TokenArgs, mint};
 use anyhow::{Context as _, Result, bail};
@@ -96,16 +97,24 @@ pub async fn run(file: Option<&Path>, a: DevArgs) -> Result<()> {
         },
     )?;
     let nats_url = cfg.nats.url.clone();
+    let chat_client = super::nats_client(&cfg)
+        .await
+        .context("connecting the demo chat service to NATS")?;
+    let chat = super::demo_chat::start(chat_client, &cfg.subject_prefix).await?;
     let shutdown = super::shutdown_on_signals();
-    let result = super::serve::serve(cfg, shutdown, |addr| {
+    let routes = super::demo_chat::token_routes(secret.clone());
+    let result = super::serve::serve_with(cfg, shutdown, routes, |addr| {
         println!(
-            "\nHerald dev is running.\n\n  demo page   http://{addr}/?token={token}\n  websocket   ws://{addr}/ws\n  NATS        {nats_url}\n  dev secret  {secret}\n  token       {token}\n\n\
-             Publish an event to the demo room from another terminal:\n\n  \
-             HERALD_NATS__URL={nats_url} herald publish channel:42 message:new '{{\"text\":\"hello\"}}'\n\n\
+            "\nHerald dev is running.\n\n  demo page   http://{addr}/  (open it twice, as two users)\n  as alice    http://{addr}/?token={token}\n  websocket   ws://{addr}/ws\n  NATS        {nats_url}\n  dev secret  {secret}\n  token       {token}\n\n\
+             Post to the demo room from another terminal:\n\n  \
+             HERALD_NATS__URL={nats_url} herald publish channel:general message:new '{{\"from\":\"ops\",\"text\":\"hello\"}}'\n\n\
+             Notify a user (the page's notifications panel):\n\n  \
+             HERALD_NATS__URL={nats_url} herald publish user:alice notice '{{\"text\":\"build 42 passed\"}}'\n\n\
              Ctrl-C stops everything.\n"
         );
     })
     .await;
+    chat.stop();
     if let Some(mut c) = child {
         let _ = c.kill().await;
     }

@@ -1,5 +1,6 @@
 //! One module per subcommand, plus what they share.
 
+pub mod demo_chat;
 pub mod dev;
 pub mod presence;
 pub mod publish;

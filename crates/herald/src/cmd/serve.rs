@@ -20,6 +20,16 @@ pub async fn serve(
     shutdown: CancellationToken,
     on_listen: impl FnOnce(std::net::SocketAddr),
 ) -> Result<()> {
+    serve_with(cfg, shutdown, axum::Router::new(), on_listen).await
+}
+
+/// [`serve`] with `extra` routes beside the edge's own.
+pub async fn serve_with(
+    cfg: Config,
+    shutdown: CancellationToken,
+    extra: axum::Router,
+    on_listen: impl FnOnce(std::net::SocketAddr),
+) -> Result<()> {
     let listen = cfg.listen.clone();
     let edge = Edge::start(cfg, shutdown).await?;
     let listener = tokio::net::TcpListener::bind(&listen)
@@ -28,6 +38,6 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(edge = %edge.id, %addr, epoch = %edge.epoch(), "herald edge listening");
     on_listen(addr);
-    herald_edge::server::serve(edge, listener).await?;
+    herald_edge::server::serve_with(edge, listener, extra).await?;
     Ok(())
 }
