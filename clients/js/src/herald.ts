@@ -1058,14 +1058,14 @@ export class Herald<E extends EventMap = EventMap, R extends RpcMap = RpcMap> {
   /** Handles a `joined` frame: an answer to our join (`id`), an automatic join, or a gap notice. */
   private onJoined(f: Record<string, unknown>): void {
     if (typeof f["id"] === "number") {
-      // Our answer: the room's state is updated in joinedInfo, called by the
-      // request's promise — but synchronously here, so that the replayed events
-      // that follow are counted before any of them is dispatched.
+      // Our answer. The room's state is updated now, synchronously, so that the
+      // replayed events that follow are counted before any of them is dispatched.
+      // (Applied even when the request timed out meanwhile: the edge did join.)
+      const info = this.applyJoined(f, false);
       const p = this.pending.get(f["id"]);
       if (p) {
-        const info = this.applyJoined(f, false);
         this.settle(p);
-        // Listeners run here, in frame order; the promise resolves after.
+        // Listeners ran above, in frame order; the promise resolves after.
         p.resolve({ ...f, __info: info });
       }
       return;

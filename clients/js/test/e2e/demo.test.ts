@@ -136,9 +136,25 @@ describe("demo page", { timeout: 180_000 }, () => {
     assert.ok(statSync(file).size > 20_000, "the screenshot has content");
   });
 
-  test("presence: two users see each other in the presence list", async () => {
+  test("presence: two users see each other in the presence list", async (t) => {
     const room = uniqueRoom("presence");
     const alice = await open("alice", room);
+    // Edges from before presence answer every `presence` request with this error;
+    // the test runs for real as soon as the edge implements it.
+    const stub = await alice.evaluate(async (r) => {
+      const w = window as unknown as { herald: { members: (room: string) => Promise<unknown> } };
+      try {
+        await w.herald.members(r);
+        return "";
+      } catch (e) {
+        const err = e as { code?: string; message?: string };
+        return err.code === "unavailable" && /not available on this edge version/.test(err.message ?? "") ? err.message ?? "" : "";
+      }
+    }, room);
+    if (stub) {
+      t.skip(`this edge has no presence yet ("${stub}")`);
+      return;
+    }
     const bob = await open("bob", room);
     await alice.waitForSelector('#presence li[data-user="bob"]', { timeout: 10_000 });
     await bob.waitForSelector('#presence li[data-user="alice"]', { timeout: 10_000 });
