@@ -346,6 +346,70 @@ async fn herald_dev_runs_nats_setup_and_an_edge_with_a_working_token() {
         .unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("Herald"));
+    assert!(
+        body.contains(r#"from "/herald.js""#),
+        "the page loads the client"
+    );
+    let (status, js) = herald_test_support::process::http_get(addr, "/herald.js")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(js.contains("export class Herald"));
+    // The demo chat: a token for any simple name, and `message:send` is stored and
+    // delivered as `message:new` (mentions go to the named user's private room).
+    let (status, _) = herald_test_support::process::http_get(addr, "/dev/token?user=a%20b")
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    let (status, body) = herald_test_support::process::http_get(addr, "/dev/token?user=bob")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let bob_token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (mut bob, _) = WsClient::connect_welcomed(&ws, &bob_token).await.unwrap();
+    bob.expect("joined").await.unwrap();
+    bob.join(1, "channel:42").await.unwrap();
+    c.send(json!({"type": "emit", "id": 2, "event": "message:send",
+        "data": {"room": "channel:42", "text": " hi @bob ", "cid": "c1"}}))
+        .await
+        .unwrap();
+    // Two frames each, in an order that is not fixed: alice gets the reply and the
+    // event, bob the event and the mention in his private room.
+    let mut alice_frames = vec![c.recv().await.unwrap(), c.recv().await.unwrap()];
+    alice_frames.sort_by_key(|f| f["type"].as_str().unwrap_or_default().to_owned());
+    let [event, reply] = <[serde_json::Value; 2]>::try_from(alice_frames).unwrap();
+    assert_eq!(reply["type"], "reply");
+    assert_eq!(reply["data"]["duplicate"], false, "{reply}");
+    let seq = reply["data"]["seq"].as_u64().unwrap();
+    let mut bob_frames = vec![bob.recv().await.unwrap(), bob.recv().await.unwrap()];
+    bob_frames.sort_by_key(|f| f["room"].as_str().unwrap_or_default().to_owned());
+    let [bob_event, mention] = <[serde_json::Value; 2]>::try_from(bob_frames).unwrap();
+    for ev in [&event, &bob_event] {
+        assert_eq!(ev["type"], "event", "{ev}");
+        assert_eq!(ev["event"], "message:new");
+        assert_eq!(ev["seq"].as_u64(), Some(seq));
+        assert_eq!(ev["data"]["from"], "alice");
+        assert_eq!(ev["data"]["text"], "hi @bob");
+    }
+    assert_eq!(mention["room"], "user:bob", "{mention}");
+    assert_eq!(mention["event"], "mention");
+    assert_eq!(mention["data"]["from"], "alice");
+    // The same cid again (a retry after a lost answer) is stored once.
+    c.send(json!({"type": "emit", "id": 3, "event": "message:send",
+        "data": {"room": "channel:42", "text": "hi @bob", "cid": "c1"}}))
+        .await
+        .unwrap();
+    let again = c.expect("reply").await.unwrap();
+    assert_eq!(again["data"]["seq"].as_u64(), Some(seq));
+    assert_eq!(again["data"]["duplicate"], true);
+    c.send(json!({"type": "emit", "id": 4, "event": "message:send",
+        "data": {"room": "channel:42", "text": "   "}}))
+        .await
+        .unwrap();
+    assert_eq!(c.expect("error").await.unwrap()["code"], "bad_request");
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status();
