@@ -118,13 +118,19 @@ describe("demo page", { timeout: 180_000 }, () => {
     const room = uniqueRoom("screenshot");
     const alice = await open("alice", room);
     const bob = await open("bob", room);
+    // Each waits for the other's message: sends from two users at once have no order.
     await send(alice, "Morning! The new build is out");
+    await expectMessages(bob, ["Morning! The new build is out"]);
     await send(bob, "@alice nice, the resume after restarts works great");
+    await expectMessages(alice, ["Morning! The new build is out", "@alice nice, the resume after restarts works great"]);
+    // One user's quick messages are stored in the order typed.
     await send(alice, "Herald replays everything we missed, in order");
+    await send(alice, "and nothing twice");
     await expectMessages(alice, [
       "Morning! The new build is out",
       "@alice nice, the resume after restarts works great",
       "Herald replays everything we missed, in order",
+      "and nothing twice",
     ]);
     await alice.waitForSelector("#notifications li.mention-note:has-text('bob mentioned you')");
     // Typing signals are volatile events (publish), sent at most every 2 s.
@@ -136,25 +142,9 @@ describe("demo page", { timeout: 180_000 }, () => {
     assert.ok(statSync(file).size > 20_000, "the screenshot has content");
   });
 
-  test("presence: two users see each other in the presence list", async (t) => {
+  test("presence: two users see each other in the presence list", async () => {
     const room = uniqueRoom("presence");
     const alice = await open("alice", room);
-    // Edges from before presence answer every `presence` request with this error;
-    // the test runs for real as soon as the edge implements it.
-    const stub = await alice.evaluate(async (r) => {
-      const w = window as unknown as { herald: { members: (room: string) => Promise<unknown> } };
-      try {
-        await w.herald.members(r);
-        return "";
-      } catch (e) {
-        const err = e as { code?: string; message?: string };
-        return err.code === "unavailable" && /not available on this edge version/.test(err.message ?? "") ? err.message ?? "" : "";
-      }
-    }, room);
-    if (stub) {
-      t.skip(`this edge has no presence yet ("${stub}")`);
-      return;
-    }
     const bob = await open("bob", room);
     await alice.waitForSelector('#presence li[data-user="bob"]', { timeout: 10_000 });
     await bob.waitForSelector('#presence li[data-user="alice"]', { timeout: 10_000 });
