@@ -155,6 +155,10 @@ impl FrameError {
 /// recursive decoders; refusing absurd nesting at the edge protects them.
 pub const MAX_DATA_DEPTH: usize = 64;
 
+/// The longest `message` of an error for a refused frame, in bytes. Messages
+/// are sent back and may be logged; they never echo a client's input at length.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 256;
+
 /// The maximum nesting depth of a JSON text (brackets inside strings ignored).
 fn json_depth(text: &str) -> usize {
     let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
@@ -179,6 +183,41 @@ fn json_depth(text: &str) -> usize {
         }
     }
     max
+}
+
+/// Whether a JSON text may hold a number outside the range of an `f64`: it
+/// has an exponent, or a run of digits long enough to exceed `f64::MAX`
+/// (309 digits) on its own. Strings are not skipped: a false positive only
+/// costs a second parse.
+fn may_overflow(text: &str) -> bool {
+    let mut run = 0usize;
+    for b in text.bytes() {
+        match b {
+            b'e' | b'E' => return true,
+            b'0'..=b'9' => {
+                run += 1;
+                if run >= 300 {
+                    return true;
+                }
+            }
+            _ => run = 0,
+        }
+    }
+    false
+}
+
+/// Cuts a message to at most [`MAX_ERROR_MESSAGE_BYTES`] (serde's messages
+/// quote the offending value, which may be a 64 KiB string).
+fn bounded(mut message: String) -> String {
+    if message.len() > MAX_ERROR_MESSAGE_BYTES {
+        let mut end = MAX_ERROR_MESSAGE_BYTES - 3;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
 }
 
 #[derive(Deserialize)]
@@ -222,7 +261,7 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
         FrameError::new(
             id,
             ErrorCode::BadRequest,
-            format!("frame is not a valid request: {e}"),
+            bounded(format!("frame is not a valid request: {e}")),
         )
     })?;
     let id = env.id;
@@ -235,9 +274,10 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
             format!("`data` is nested deeper than {MAX_DATA_DEPTH} levels"),
         ));
     }
-    // Numbers a service cannot represent (1e999999) are refused here.
+    // Numbers a service cannot represent (1e999999, or 1 followed by 400
+    // zeros) are refused here. Only texts that could hold one are parsed again.
     if let Some(data) = &env.data
-        && data.get().bytes().any(|b| b == b'e' || b == b'E')
+        && may_overflow(data.get())
         && serde_json::from_str::<serde_json::Value>(data.get()).is_err()
     {
         return Err(FrameError::new(
@@ -564,6 +604,24 @@ mod tests {
         assert_eq!((e.id, e.code), (None, ErrorCode::BadRequest));
         let e = decode_client_frame(r#"{"type":"join","id":99999999999999999999999}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
+        // Out of range without an exponent.
+        let e = decode_client_frame(&format!(
+            r#"{{"type":"emit","id":1,"event":"x","data":[1{}]}}"#,
+            "0".repeat(400)
+        ))
+        .unwrap_err();
+        assert_eq!((e.id, e.code), (Some(1), ErrorCode::BadRequest));
+        assert!(
+            decode_client_frame(&format!(
+                r#"{{"type":"emit","id":1,"event":"x","data":[0.{}1]}}"#,
+                "0".repeat(400)
+            ))
+            .is_ok()
+        );
+        // A huge value in a field is not echoed back at length.
+        let e = decode_client_frame(&format!(r#"{{"type":"join","id":"{}"}}"#, "A".repeat(5000)))
+            .unwrap_err();
+        assert!(e.message.len() <= MAX_ERROR_MESSAGE_BYTES, "{}", e.message);
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         let r = decode_client_frame(&format!(
             r#"{{"type":"emit","id":1,"event":"x","data":{deep}}}"#
