@@ -185,27 +185,6 @@ fn json_depth(text: &str) -> usize {
     max
 }
 
-/// Whether a JSON text may hold a number outside the range of an `f64`: it
-/// has an exponent, or a run of digits long enough to exceed `f64::MAX`
-/// (309 digits) on its own. Strings are not skipped: a false positive only
-/// costs a second parse.
-fn may_overflow(text: &str) -> bool {
-    let mut run = 0usize;
-    for b in text.bytes() {
-        match b {
-            b'e' | b'E' => return true,
-            b'0'..=b'9' => {
-                run += 1;
-                if run >= 300 {
-                    return true;
-                }
-            }
-            _ => run = 0,
-        }
-    }
-    false
-}
-
 /// Cuts a message to at most [`MAX_ERROR_MESSAGE_BYTES`] (serde's messages
 /// quote the offending value, which may be a 64 KiB string).
 fn bounded(mut message: String) -> String {
@@ -274,16 +253,19 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
             format!("`data` is nested deeper than {MAX_DATA_DEPTH} levels"),
         ));
     }
-    // Numbers a service cannot represent (1e999999, or 1 followed by 400
-    // zeros) are refused here. Only texts that could hold one are parsed again.
+    // The envelope parse only checks `data`'s grammar. What a strict decoder
+    // in a service would refuse is refused here: numbers out of range
+    // (1e999999, or 1 followed by 400 zeros) and lone UTF-16 surrogates
+    // ("\ud800"). Always parsed again: a cheaper pre-check missed cases.
     if let Some(data) = &env.data
-        && may_overflow(data.get())
-        && serde_json::from_str::<serde_json::Value>(data.get()).is_err()
+        && let Err(e) = serde_json::from_str::<serde_json::Value>(data.get())
     {
         return Err(FrameError::new(
             id,
             ErrorCode::BadRequest,
-            "`data` holds a number out of range",
+            bounded(format!(
+                "`data` is not JSON that every service can read: {e}"
+            )),
         ));
     }
     let room = |r: Option<String>| -> Result<Room, FrameError> {
@@ -618,6 +600,10 @@ mod tests {
             ))
             .is_ok()
         );
+        // A lone surrogate, which strict decoders refuse.
+        let e = decode_client_frame(r#"{"type":"emit","id":1,"event":"x","data":{"s":"\ud800"}}"#)
+            .unwrap_err();
+        assert_eq!((e.id, e.code), (Some(1), ErrorCode::BadRequest));
         // A huge value in a field is not echoed back at length.
         let e = decode_client_frame(&format!(r#"{{"type":"join","id":"{}"}}"#, "A".repeat(5000)))
             .unwrap_err();
