@@ -225,6 +225,13 @@ struct IdOnly {
     id: Option<i64>,
 }
 
+/// The request `id` of a frame, without decoding the rest: for answering
+/// frames that are refused before decoding (rate limiting), at the cost of one
+/// scan that allocates nothing for the other fields.
+pub fn request_id(text: &str) -> Option<i64> {
+    serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id)
+}
+
 /// Decodes one client text frame.
 ///
 /// ```
@@ -236,7 +243,7 @@ struct IdOnly {
 /// ```
 pub fn decode_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
     let env: Envelope = serde_json::from_str(text).map_err(|e| {
-        let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id);
+        let id = request_id(text);
         FrameError::new(
             id,
             ErrorCode::BadRequest,

@@ -93,8 +93,9 @@ impl Conn {
 
     pub(crate) async fn on_text(&mut self, text: &str) -> Option<Disconnect> {
         if !self.limiter.take() {
-            // Only the id is wanted here; a frame that fails to decode gets no id.
-            let id = decode_client_frame(text).ok().and_then(|f| f.id());
+            // Only the id is wanted here: a refused frame must not cost a full
+            // decode (a flood of big frames would otherwise be parsed anyway).
+            let id = herald_protocol::frame::request_id(text);
             return self.rate_limited(id).await;
         }
         let frame = match decode_client_frame(text) {
