@@ -323,6 +323,11 @@ pub struct TimeoutsConfig {
     pub idle_timeout_ms: u64,
     /// On SIGTERM, how long connections get to flush before the edge exits.
     pub drain_timeout_ms: u64,
+    /// How long the client may take to send a complete HTTP request (the
+    /// WebSocket upgrade, or a plain `/healthz`/`/metrics` GET), counted from the
+    /// TCP accept; also how long an idle keep-alive HTTP connection is kept.
+    /// Connections that trickle their headers (slowloris) are closed after it.
+    pub handshake_ms: u64,
     /// How long one frame may wait for room in a connection's queue when the edge
     /// answers a request (the fan-out never waits).
     pub reply_enqueue_ms: u64,
@@ -334,6 +339,7 @@ impl Default for TimeoutsConfig {
             ping_ms: 25_000,
             idle_timeout_ms: 60_000,
             drain_timeout_ms: 10_000,
+            handshake_ms: 10_000,
             reply_enqueue_ms: 5_000,
         }
     }
@@ -732,6 +738,13 @@ impl Config {
                 "must be longer than timeouts.ping_ms, or healthy idle clients get closed",
             ));
         }
+        if self.timeouts.handshake_ms == 0 {
+            return Err(invalid(
+                "timeouts.handshake_ms",
+                "HERALD_TIMEOUTS__HANDSHAKE_MS",
+                "must be greater than 0: without it a client that never finishes its request holds a socket forever",
+            ));
+        }
         if !matches!(self.stream.storage.as_str(), "file" | "memory") {
             return Err(invalid(
                 "stream.storage",
@@ -768,6 +781,10 @@ impl Config {
     /// Idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         ms(self.timeouts.idle_timeout_ms)
+    }
+    /// HTTP request (handshake) timeout.
+    pub fn handshake_timeout(&self) -> Duration {
+        ms(self.timeouts.handshake_ms)
     }
     /// Drain timeout.
     pub fn drain_timeout(&self) -> Duration {

@@ -1,9 +1,17 @@
 //! The HTTP side: `/ws` (upgraded to a connection), `/healthz`, `/readyz`,
 //! `/metrics`, and the demo page; plus the shutdown sequence.
 //!
-//! `axum::serve(...).with_graceful_shutdown` does not wait for upgraded
-//! WebSocket tasks, so connections hold a [`TaskTracker`] token and the drain
-//! waits on the tracker itself, bounded by `timeouts.drain_timeout_ms`.
+//! HTTP/1.1 is served by hyper directly rather than `axum::serve`, because
+//! `axum::serve` sets no timer: a client that opened a TCP connection and
+//! trickled its request headers a byte at a time (slowloris) held the socket
+//! and its task forever. Here every connection must deliver a complete request
+//! within `timeouts.handshake_ms` of the accept (hyper's header read timeout),
+//! and headers are capped at [`MAX_HEADER_BYTES`].
+//!
+//! Graceful shutdown waits for in-flight plain HTTP requests only: upgraded
+//! WebSocket tasks are not hyper's any more, so connections hold a
+//! [`TaskTracker`] token and the drain waits on the tracker itself, bounded by
+//! `timeouts.drain_timeout_ms`.
 //!
 //! [`TaskTracker`]: tokio_util::task::TaskTracker
 
@@ -25,6 +33,69 @@ const DEMO_PAGE: &str = include_str!("demo.html");
 /// The browser client (`clients/js`, built by `tsc`), served at `/herald.js` beside
 /// the demo page. `scripts/test-js.sh` checks that it matches its sources.
 const CLIENT_JS: &str = include_str!("herald.js");
+
+/// Largest request head (request line and headers) accepted; bigger ones get
+/// 431. Tokens are at most 8 KiB; this leaves room for cookies.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Accepts TCP connections and serves HTTP/1.1 with upgrades on each until
+/// `shutdown`, then waits (up to `drain`) for in-flight plain requests.
+async fn accept_loop(
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: tokio_util::sync::CancellationToken,
+    handshake: Duration,
+    drain: Duration,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let http_conns = tokio_util::task::TaskTracker::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(handshake)
+        .max_header_size(MAX_HEADER_BYTES);
+    loop {
+        let tcp = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http
+            .serve_connection(TokioIo::new(tcp), svc)
+            .with_upgrades();
+        let shutdown = shutdown.clone();
+        http_conns.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => {
+                    // Finish the request in flight (if any), then close.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::trace!(error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    http_conns.close();
+    if tokio::time::timeout(drain, http_conns.wait())
+        .await
+        .is_err()
+    {
+        tracing::debug!("plain HTTP requests still running after the drain timeout");
+    }
+}
 
 /// Builds the HTTP routes.
 pub fn routes(edge: Arc<Edge>) -> axum::Router {
@@ -126,10 +197,14 @@ pub async fn serve_with(
             .run(presence_stop.clone(), edge.signals.clone()),
     );
     let app = routes(edge.clone()).merge(extra);
-    let shutdown = edge.shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    accept_loop(
+        listener,
+        app,
+        edge.shutdown.clone(),
+        edge.cfg.handshake_timeout(),
+        edge.cfg.drain_timeout(),
+    )
+    .await;
     tracing::info!(
         connections = edge.registry.all().len(),
         "draining connections"

@@ -77,6 +77,9 @@ impl CloseCode {
     pub const NORMAL: CloseCode = CloseCode(1000);
     /// Going away (idle timeout, server closing).
     pub const GOING_AWAY: CloseCode = CloseCode(1001);
+    /// A text frame that is not UTF-8 (RFC 6455 §8.1 requires failing the
+    /// connection). Reconnecting is fine; resending the same bytes is not.
+    pub const INVALID_PAYLOAD: CloseCode = CloseCode(1007);
     /// Policy violation: the Origin is not allowed.
     pub const POLICY: CloseCode = CloseCode(1008);
     /// A frame is over the size limit.

@@ -179,6 +179,11 @@ impl Herald {
         self.addr
     }
 
+    /// The process id (for `/proc` inspection: open files, memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `ws://addr/ws`.
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)

@@ -14,8 +14,13 @@ use herald_protocol::{Claims, CloseCode, UserId};
 /// Whether a request's `Origin` is allowed. Requests without one (non-browser
 /// clients) are; an empty allow-list allows same-origin requests only.
 pub fn origin_allowed(req: &HeaderMap, allowed: &[String]) -> bool {
-    let Some(origin) = req.get("origin").and_then(|v| v.to_str().ok()) else {
+    let Some(origin) = req.get("origin") else {
         return true;
+    };
+    // An Origin that is not visible ASCII is no origin we could allow: refuse
+    // it rather than treat it as absent.
+    let Ok(origin) = origin.to_str() else {
+        return false;
     };
     if allowed
         .iter()
@@ -75,8 +80,11 @@ async fn first_frame_token(
     stream: &mut SplitStream<WebSocket>,
 ) -> Result<(String, TokenSource), Disconnect> {
     let wait = edge.cfg.auth_timeout();
+    // One deadline for the whole wait: pings must not buy an unauthenticated
+    // socket more time (a ping every few seconds would hold it open forever).
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let msg = tokio::time::timeout(wait, stream.next()).await.map_err(|_| {
+        let msg = tokio::time::timeout_at(deadline, stream.next()).await.map_err(|_| {
             refuse(
                 edge,
                 CloseCode::UNAUTHORIZED,
@@ -247,5 +255,12 @@ mod tests {
             &h(&[("origin", "https://x")]),
             &["*".to_string()]
         ));
+        let mut bad = HeaderMap::new();
+        bad.insert(
+            "origin",
+            axum::http::HeaderValue::from_bytes(b"https://app.example\xff").unwrap(),
+        );
+        assert!(!origin_allowed(&bad, &list));
+        assert!(!origin_allowed(&h(&[("origin", "null")]), &list));
     }
 }

@@ -58,6 +58,10 @@ fn expiry_instant(exp: Option<u64>) -> Option<Instant> {
     Some(Instant::now() + Duration::from_secs(exp.saturating_sub(now)))
 }
 
+fn is_invalid_utf8(e: &axum::Error) -> bool {
+    e.to_string().contains("UTF-8")
+}
+
 fn is_too_large(e: &axum::Error) -> bool {
     let s = e.to_string();
     s.contains("Message too long")
@@ -209,8 +213,17 @@ pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
                             format!("frame too large (limit {} bytes)", edge.cfg.limits.max_frame_bytes),
                         ));
                     }
+                    Some(Err(e)) if is_invalid_utf8(&e) => {
+                        break Some(Disconnect::new(
+                            CloseCode::INVALID_PAYLOAD,
+                            "a text frame was not valid UTF-8",
+                        ));
+                    }
                     Some(Err(e)) => {
                         tracing::debug!(conn = %handle.id(), error = %e, "socket error");
+                        // Nothing can be sent on a failed socket: stop the
+                        // writer now instead of waiting out the drain timeout.
+                        done.cancel();
                         break None;
                     }
                     Some(Ok(Message::Text(t))) => {

@@ -93,8 +93,9 @@ impl Conn {
 
     pub(crate) async fn on_text(&mut self, text: &str) -> Option<Disconnect> {
         if !self.limiter.take() {
-            // Only the id is wanted here; a frame that fails to decode gets no id.
-            let id = decode_client_frame(text).ok().and_then(|f| f.id());
+            // Only the id is wanted here: a refused frame must not cost a full
+            // decode (a flood of big frames would otherwise be parsed anyway).
+            let id = herald_protocol::frame::request_id(text);
             return self.rate_limited(id).await;
         }
         let frame = match decode_client_frame(text) {
@@ -189,24 +190,7 @@ impl Conn {
             }
             Ok(Ok(m)) => m,
         };
-        #[derive(serde::Deserialize)]
-        struct Verdict {
-            #[serde(default)]
-            allow: bool,
-            #[serde(default)]
-            reason: Option<String>,
-        }
-        match serde_json::from_slice::<Verdict>(&reply.payload) {
-            Ok(Verdict { allow: true, .. }) => Ok(()),
-            Ok(Verdict { reason, .. }) => Err(Failure::new(
-                ErrorCode::Forbidden,
-                reason.unwrap_or_else(|| "the authorizer refused this room".into()),
-            )),
-            Err(_) => Err(Failure::new(
-                ErrorCode::Forbidden,
-                "the authorizer's answer was not {\"allow\":true}",
-            )),
-        }
+        authz_verdict(&reply.payload)
     }
 
     /// Joins a room: authorization (when `check`), subscription, catch-up, then
@@ -619,6 +603,35 @@ impl Conn {
     }
 }
 
+/// Reads the authorizer's answer. Only a JSON object whose `allow` is the
+/// literal `true` lets the user in; anything else refuses. (A derived
+/// `Deserialize` struct also accepts a JSON array, so `[true]` used to allow.)
+fn authz_verdict(payload: &[u8]) -> Result<(), Failure> {
+    let refused = || {
+        Failure::new(
+            ErrorCode::Forbidden,
+            "the authorizer's answer was not {\"allow\":true}",
+        )
+    };
+    let Ok(serde_json::Value::Object(answer)) = serde_json::from_slice(payload) else {
+        return Err(refused());
+    };
+    if answer.get("allow") == Some(&serde_json::Value::Bool(true)) {
+        return Ok(());
+    }
+    match answer.get("reason").and_then(|r| r.as_str()) {
+        Some(reason) => Err(Failure::new(
+            ErrorCode::Forbidden,
+            reason.chars().take(200).collect::<String>(),
+        )),
+        None if answer.contains_key("allow") => Err(Failure::new(
+            ErrorCode::Forbidden,
+            "the authorizer refused this room",
+        )),
+        None => Err(refused()),
+    }
+}
+
 /// Performs an `emit`: a request on `P.rpc.<event>`, the reply relayed.
 async fn rpc(
     edge: &Arc<Edge>,
@@ -672,5 +685,40 @@ async fn rpc(
             }
             reply_frame(id, &msg.payload)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_literal_allow_true_object_allows() {
+        assert!(authz_verdict(br#"{"allow":true}"#).is_ok());
+        assert!(authz_verdict(br#"{"allow":true,"reason":"x"}"#).is_ok());
+        for refused in [
+            &br#"[true]"#[..],
+            br#"[true,"x"]"#,
+            br#"{"allow":"true"}"#,
+            br#"{"allow":1}"#,
+            br#"{"allow":false}"#,
+            br#"{}"#,
+            br#"true"#,
+            b"null",
+            b"",
+            b"\xff",
+        ] {
+            let r = authz_verdict(refused);
+            assert!(
+                matches!(r, Err(Failure(ErrorCode::Forbidden, _))),
+                "{:?}",
+                String::from_utf8_lossy(refused)
+            );
+        }
+        let Err(Failure(_, why)) = authz_verdict(br#"{"allow":false,"reason":"not a member"}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(why, "not a member");
     }
 }

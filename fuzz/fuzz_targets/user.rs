@@ -1,0 +1,5 @@
+//! Fuzz target `user`: every input goes through [`herald_fuzz::user`], which
+//! holds the properties checked (shared with the corpus replay test on stable).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| herald_fuzz::user(data));
