@@ -474,6 +474,10 @@ async fn write_load_follows_joins_and_leaves_and_heartbeats_follow_edges() {
                 // A connection storm on a shared 2-core machine: each new room's
                 // first read may queue behind thousands of JetStream API calls.
                 .env("HERALD_CATCHUP__TIMEOUT_MS", "30000")
+                // The test's clients do not read (or answer pings) until the
+                // end: keep them from being closed as idle meanwhile.
+                .env("HERALD_TIMEOUTS__PING_MS", "3600000")
+                .env("HERALD_TIMEOUTS__IDLE_TIMEOUT_MS", "7200000")
                 .env("HERALD_LOG__LEVEL", "info")
                 .start()
                 .unwrap()
