@@ -164,7 +164,7 @@ async fn the_connect_hook_decides_and_a_silent_hook_means_1013() {
     assert_eq!(close_code(&edge.ws_url(), "session-abc").await, Some(1013));
     let svc = nats.client().await.unwrap();
     let mut sub = svc.subscribe("herald.authn.connect").await.unwrap();
-    svc.flush().await.unwrap();
+    herald_publish::round_trip(&svc).await.unwrap();
     tokio::spawn(async move {
         while let Some(m) = sub.next().await {
             let req: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();

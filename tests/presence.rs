@@ -431,7 +431,7 @@ async fn a_users_first_and_last_connection_are_lifecycle_events_once() {
     let (a, b) = (edge(&nats), edge(&nats));
     let client = nats.client().await.unwrap();
     let mut events = client.subscribe("herald.events.user.>").await.unwrap();
-    client.flush().await.unwrap();
+    herald_publish::round_trip(&client).await.unwrap();
     let ua = connect(&a, "6").await;
     let ub = connect(&b, "6").await;
     ua.close().await;

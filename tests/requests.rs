@@ -30,7 +30,7 @@ async fn emit_relays_the_services_reply_with_user_and_connection_headers() {
     let edge = Herald::start(&nats).unwrap();
     let svc = nats.client().await.unwrap();
     let mut sub = svc.subscribe("herald.rpc.message:send").await.unwrap();
-    svc.flush().await.unwrap();
+    herald_publish::round_trip(&svc).await.unwrap();
     let (mut c, welcome) = WsClient::connect_welcomed(&edge.ws_url(), &user_token("a@b.io", &[]))
         .await
         .unwrap();
@@ -79,21 +79,7 @@ async fn emit_without_a_service_gets_no_handler_and_a_slow_one_timeout() {
     );
     let svc = nats.client().await.unwrap();
     let _silent = svc.subscribe("herald.rpc.slow").await.unwrap();
-    svc.flush().await.unwrap();
-    // nats-server can answer "no responders" for a moment after another
-    // connection's SUB was flushed; wait until a probe reaches the service.
-    let probe = nats.client().await.unwrap();
-    for _ in 0..50 {
-        let r = tokio::time::timeout(
-            std::time::Duration::from_millis(100),
-            probe.request("herald.rpc.slow", "".into()),
-        )
-        .await;
-        if r.is_err() {
-            break; // delivered to the silent service: it has interest
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    herald_publish::round_trip(&svc).await.unwrap();
     c.send(json!({"type":"emit","id":2,"event":"slow"}))
         .await
         .unwrap();
@@ -110,7 +96,7 @@ async fn a_service_error_is_relayed_with_its_code() {
     let edge = Herald::start(&nats).unwrap();
     let svc = nats.client().await.unwrap();
     let mut sub = svc.subscribe("herald.rpc.delete").await.unwrap();
-    svc.flush().await.unwrap();
+    herald_publish::round_trip(&svc).await.unwrap();
     let mut c = connected(&edge, &user_token("6", &[])).await;
     c.send(json!({"type":"emit","id":4,"event":"delete","data":{"id":1}}))
         .await
@@ -138,7 +124,7 @@ async fn concurrent_emits_are_answered_by_id() {
     let edge = Herald::start(&nats).unwrap();
     let svc = nats.client().await.unwrap();
     let mut sub = svc.subscribe("herald.rpc.echo").await.unwrap();
-    svc.flush().await.unwrap();
+    herald_publish::round_trip(&svc).await.unwrap();
     let mut c = connected(&edge, &user_token("6", &[])).await;
     for id in 1..=3 {
         c.send(json!({"type":"emit","id":id,"event":"echo","data":id}))

@@ -147,7 +147,7 @@ async fn without_a_claim_the_authorizer_decides_and_a_silent_one_means_unavailab
 
     let svc = nats.client().await.unwrap();
     let mut sub = svc.subscribe("herald.authz.join").await.unwrap();
-    svc.flush().await.unwrap();
+    herald_publish::round_trip(&svc).await.unwrap();
     let authorizer = tokio::spawn(async move {
         let mut seen = Vec::new();
         while let Some(m) = sub.next().await {
@@ -419,18 +419,25 @@ async fn lifecycle_events_are_published_for_services() {
     let edge = Herald::start(&nats).unwrap();
     let nc = nats.client().await.unwrap();
     let mut sub = nc.subscribe("herald.events.>").await.unwrap();
-    nc.flush().await.unwrap();
+    herald_publish::round_trip(&nc).await.unwrap();
     let c = connected(&edge, &user_token("6", &[])).await;
     c.close().await;
-    let mut seen = Vec::new();
-    while seen.len() < 4 {
+    // Per-connection events arrive in order; the cluster-wide user.online /
+    // user.offline come from the presence writer, on their own schedule.
+    let (mut seen, mut user) = (Vec::new(), Vec::new());
+    while seen.len() < 4 || user.len() < 2 {
         let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
             .await
             .unwrap()
             .unwrap();
         let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
         assert_eq!(body["user"], "6");
-        seen.push(m.subject.to_string());
+        let subject = m.subject.to_string();
+        if subject.starts_with("herald.events.user.") {
+            user.push(subject);
+        } else {
+            seen.push(subject);
+        }
     }
     assert_eq!(
         seen,
@@ -440,5 +447,9 @@ async fn lifecycle_events_are_published_for_services() {
             "herald.events.room.leave",
             "herald.events.conn.close"
         ]
+    );
+    assert_eq!(
+        user,
+        ["herald.events.user.online", "herald.events.user.offline"]
     );
 }

@@ -621,7 +621,7 @@ async fn a_denying_broken_or_absent_authorizer_never_lets_anyone_in() {
     // Up, with answers of every shape; only {"allow":true} lets in.
     let svc = nats.client().await.unwrap();
     let mut sub = svc.subscribe("herald.authz.join").await.unwrap();
-    svc.flush().await.unwrap();
+    herald_publish::round_trip(&svc).await.unwrap();
     let answering = svc.clone();
     let authorizer = tokio::spawn(async move {
         while let Some(m) = sub.next().await {
@@ -922,7 +922,7 @@ async fn a_flooding_connection_does_not_slow_down_anyone_else() {
     // A service that takes every `slow` request and never answers.
     let svc = nats.client().await.unwrap();
     let _sink = svc.subscribe("herald.rpc.slow").await.unwrap();
-    svc.flush().await.unwrap();
+    herald_publish::round_trip(&svc).await.unwrap();
     let mut bystander = Bystander::start(&edge, &nats).await;
     let mut baseline = Duration::ZERO;
     for _ in 0..5 {
@@ -1360,7 +1360,7 @@ async fn connect_hook_credentials_never_reach_the_logs() {
         .unwrap();
     let svc = nats.client().await.unwrap();
     let mut sub = svc.subscribe("herald.authn.connect").await.unwrap();
-    svc.flush().await.unwrap();
+    herald_publish::round_trip(&svc).await.unwrap();
     tokio::spawn(async move {
         while let Some(m) = sub.next().await {
             let req: Value = serde_json::from_slice(&m.payload).unwrap();

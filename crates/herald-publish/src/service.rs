@@ -98,11 +98,12 @@ async fn queue_subscribe(
         .queue_subscribe(subject.clone(), queue_group.to_owned())
         .await
         .map_err(|e| Error::with_source(ErrorKind::Subscribe, format!("subscribe {subject}"), e))?;
-    // Make sure the server knows the subscription before the caller goes on.
-    client
-        .flush()
+    // Make sure the server knows the subscription before the caller goes on
+    // (`flush` only empties the socket buffer; a round trip proves the server
+    // processed everything sent before it).
+    crate::round_trip(client)
         .await
-        .map_err(|e| Error::with_source(ErrorKind::Subscribe, "flush", e))?;
+        .map_err(|e| Error::new(ErrorKind::Subscribe, format!("confirming {subject}: {e}")))?;
     Ok(sub)
 }
 
