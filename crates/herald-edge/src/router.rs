@@ -366,38 +366,57 @@ impl Router {
             .unwrap_or(std::time::Duration::from_secs(365 * 24 * 3600));
         let phase = period.mul_f64(rand::random::<f64>());
         let mut check = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
+        // A catch-up that failed (JetStream still electing a leader after a
+        // node came back) is tried again, with backoff, until it succeeds.
+        let mut retry: Option<(tokio::time::Instant, std::time::Duration)> = None;
+        let far = tokio::time::Instant::now() + std::time::Duration::from_secs(365 * 24 * 3600);
         loop {
-            tokio::select! {
+            let catch_up = tokio::select! {
                 _ = state.cancel.cancelled() => break,
-                _ = check.tick(), if self.check_every.is_some() => self.catch_up_room(&state).await,
+                _ = check.tick(), if self.check_every.is_some() => true,
+                _ = tokio::time::sleep_until(retry.map_or(far, |(at, _)| at)), if retry.is_some() => true,
                 msg = sub.next() => {
                     let Some(msg) = msg else { break };
                     self.on_message(&state, msg).await;
+                    false
                 }
                 sig = signals.recv() => {
                     // After a reconnect or a client-side drop, whatever the
                     // subscription missed is read back from the stream.
-                    if matches!(sig, Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) {
-                        self.catch_up_room(&state).await;
-                    }
+                    matches!(sig, Ok(_) | Err(broadcast::error::RecvError::Lagged(_)))
                 }
+            };
+            if catch_up {
+                retry = if self.catch_up_room(&state).await {
+                    None
+                } else {
+                    let wait = retry.map_or(std::time::Duration::from_millis(250), |(_, w)| {
+                        (w * 2).min(std::time::Duration::from_secs(5))
+                    });
+                    Some((tokio::time::Instant::now() + wait, wait))
+                };
             }
         }
         self.metrics.nats_subscriptions.fetch_sub(1, Relaxed);
     }
 
-    async fn catch_up_room(&self, state: &RoomState) {
+    /// Reads the room's last stored sequence and fills what was missed.
+    /// Returns `false` if it must be tried again.
+    async fn catch_up_room(&self, state: &RoomState) -> bool {
         let last = state.members.lock().map(|m| m.last_seq).unwrap_or(0);
         match self.reader.last_seq(&state.stored_subject).await {
             Ok(stored) if stored > last => self.fill(state, last, stored).await,
-            Ok(_) => {}
+            Ok(_) => true,
             Err(e) => {
-                tracing::warn!(room = %state.room, error = %e, "could not check the room for missed events")
+                tracing::warn!(room = %state.room, error = %e, "could not check the room for missed events; retrying");
+                false
             }
         }
     }
 
-    async fn fill(&self, state: &RoomState, after: u64, upto: u64) {
+    /// Delivers the stored events in `(after, upto]`; `false` if the stream
+    /// could not be read (nothing was delivered).
+    async fn fill(&self, state: &RoomState, after: u64, upto: u64) -> bool {
         // Was anything in the gap trimmed by retention before we could read it?
         // Events of one subject are removed oldest first, so if the last event
         // delivered is still stored, nothing after it is gone.
@@ -405,7 +424,7 @@ impl Router {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(room = %state.room, after, upto, error = %e, "could not check a gap");
-                return;
+                return false;
             }
         };
         let (events, _) = match self
@@ -416,7 +435,7 @@ impl Router {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(room = %state.room, after, upto, error = %e, "could not fill a gap");
-                return;
+                return false;
             }
         };
         let complete = anchored && events.last().is_some_and(|e| e.seq == upto);
@@ -439,6 +458,7 @@ impl Router {
         if !complete && let Ok(mut m) = state.members.lock() {
             m.last_seq = m.last_seq.max(upto);
         }
+        true
     }
 
     /// Tells every member that events of the room were lost to retention: an
@@ -496,8 +516,11 @@ impl Router {
                     return;
                 }
                 let prev = header_u64(h, headers::NATS_LAST_SEQUENCE).unwrap_or(0);
-                if prev > last {
-                    self.fill(state, last, prev).await;
+                if prev > last && !self.fill(state, last, prev).await {
+                    // The gap could not be read now, and this event cannot wait:
+                    // tell the members that events were skipped, as for a gap
+                    // lost to retention, so apps reload.
+                    self.gap_notice(state, prev);
                 }
             }
             None => {
