@@ -20,6 +20,7 @@ fn edge(nats: &NatsServer) -> Herald {
         .env("HERALD_PRESENCE__HEARTBEAT_SECS", HEARTBEAT)
         .env("HERALD_PRESENCE__EXPIRY_SECS", EXPIRY)
         .env("HERALD_PRESENCE__DISABLED_KINDS", "program")
+        .env("HERALD_PRESENCE__QUIET_KINDS", "crowd")
         .start()
         .unwrap()
 }
@@ -27,7 +28,7 @@ fn edge(nats: &NatsServer) -> Herald {
 async fn connect(edge: &Herald, user: &str) -> WsClient {
     let (mut c, _) = WsClient::connect_welcomed(
         &edge.ws_url(),
-        &user_token(user, &["channel:*", "program:*"]),
+        &user_token(user, &["channel:*", "program:*", "crowd:*"]),
     )
     .await
     .unwrap();
@@ -336,7 +337,7 @@ async fn queries_from_the_sdk_agree_and_disabled_kinds_stay_quiet() {
     let a = edge(&nats);
     let info_token = token(json!({
         "sub": "ada@example.com",
-        "rooms": ["channel:*", "program:*"],
+        "rooms": ["channel:*", "program:*", "crowd:*"],
         "info": {"name": "Ada"},
         "exp": herald_test_support::now() + 600,
     }));
@@ -400,6 +401,14 @@ async fn queries_from_the_sdk_agree_and_disabled_kinds_stay_quiet() {
     assert_eq!(e["code"], "not_found");
     let program = herald_publish::Room::parse("program:1").unwrap();
     assert_eq!(sdk.count(&program).await.unwrap(), 0);
+
+    // A quiet kind: presence is kept and can be asked for, joins are not pushed.
+    bob.join(3, "crowd:1").await.unwrap();
+    ada.join(3, "crowd:1").await.unwrap();
+    present(&mut bob, "crowd:1", &[("ada@example.com", 1), ("bob", 1)]).await;
+    bob.no_presence_for(Duration::from_millis(500))
+        .await
+        .unwrap();
 
     // Presence of a room the user may not join is refused like a join.
     let mut limited = {
@@ -471,6 +480,9 @@ async fn write_load_follows_joins_and_leaves_and_heartbeats_follow_edges() {
                 .env("HERALD_PRESENCE__HEARTBEAT_SECS", &beat.to_string())
                 .env("HERALD_PRESENCE__EXPIRY_SECS", &(3 * beat).to_string())
                 .env("HERALD_LIMITS__MAX_CONNECTIONS", "20000")
+                // One shared room of every connection: announcing each join to
+                // every member would be connections² frames.
+                .env("HERALD_PRESENCE__QUIET_KINDS", "crowd")
                 // A connection storm on a shared 2-core machine: each new room's
                 // first read may queue behind thousands of JetStream API calls.
                 .env("HERALD_CATCHUP__TIMEOUT_MS", "30000")
@@ -529,7 +541,7 @@ async fn write_load_follows_joins_and_leaves_and_heartbeats_follow_edges() {
                 let t = token(json!({
                     "sub": format!("u{i}"),
                     "exp": herald_test_support::now() + 3600,
-                    "join": ["channel:big"],
+                    "join": ["crowd:big"],
                 }));
                 let mut c = WsClient::connect(&url, &t).await.unwrap();
                 c.expect("welcome").await.unwrap();
@@ -547,7 +559,7 @@ async fn write_load_follows_joins_and_leaves_and_heartbeats_follow_edges() {
     let writes_open = settle(&edges).await;
     let seq_open = kv_seq().await;
     let sdk = Presence::new(nats.client().await.unwrap(), "herald_presence");
-    let big = herald_publish::Room::parse("channel:big").unwrap();
+    let big = herald_publish::Room::parse("crowd:big").unwrap();
     let swept = edges
         .iter()
         .flat_map(|e| e.logs())

@@ -394,6 +394,10 @@ pub struct PresenceConfig {
     /// requests answer `not_found`), e.g. `["program"]` for rooms where joins
     /// and leaves would only be noise.
     pub disabled_kinds: Vec<String>,
+    /// Room kinds whose presence is kept and can be asked for, but whose joins
+    /// and leaves are not pushed to members: for big rooms, where every join
+    /// would otherwise be one frame to each of thousands of members.
+    pub quiet_kinds: Vec<String>,
     /// How often this edge refreshes its heartbeat key (one KV write per edge).
     pub heartbeat_secs: u64,
     /// How long after its last heartbeat a silent edge's entries are removed
@@ -414,6 +418,7 @@ impl Default for PresenceConfig {
             bucket: "herald_presence".into(),
             replicas: 1,
             disabled_kinds: Vec::new(),
+            quiet_kinds: Vec::new(),
             heartbeat_secs: 5,
             expiry_secs: 15,
             query_max: 1000,
@@ -567,6 +572,7 @@ impl Config {
             .list_separator(",")
             .with_list_parse_key("allowed_origins")
             .with_list_parse_key("presence.disabled_kinds")
+            .with_list_parse_key("presence.quiet_kinds")
             .try_parsing(true);
         if let Some(env) = env {
             e = e.source(Some(env));
@@ -638,16 +644,28 @@ impl Config {
                 ),
             ));
         }
-        if let Some(k) = p
-            .disabled_kinds
-            .iter()
-            .find(|k| herald_protocol::Room::from_parts(k, "x").is_err())
-        {
-            return Err(invalid(
+        for (kinds, key, env) in [
+            (
+                &p.disabled_kinds,
                 "presence.disabled_kinds",
                 "HERALD_PRESENCE__DISABLED_KINDS",
-                format!("`{k}` is not a room kind ([a-z][a-z0-9_-]{{0,31}})"),
-            ));
+            ),
+            (
+                &p.quiet_kinds,
+                "presence.quiet_kinds",
+                "HERALD_PRESENCE__QUIET_KINDS",
+            ),
+        ] {
+            if let Some(k) = kinds
+                .iter()
+                .find(|k| herald_protocol::Room::from_parts(k, "x").is_err())
+            {
+                return Err(invalid(
+                    key,
+                    env,
+                    format!("`{k}` is not a room kind ([a-z][a-z0-9_-]{{0,31}})"),
+                ));
+            }
         }
         if a.cookie_name.is_empty() {
             return Err(invalid(

@@ -402,10 +402,14 @@ impl Tracker {
         join: bool,
         info: Option<&serde_json::Value>,
     ) {
-        self.metrics.presence_announcements.fetch_add(1, Relaxed);
         if room.user().as_ref() == Some(user) {
+            self.metrics.presence_announcements.fetch_add(1, Relaxed);
             return self.lifecycle(user, join).await;
         }
+        if self.cfg.quiet_kinds.iter().any(|k| k == room.kind()) {
+            return;
+        }
+        self.metrics.presence_announcements.fetch_add(1, Relaxed);
         let mut h = HeaderMap::new();
         h.insert(presence::HEADER, if join { "join" } else { "leave" });
         h.insert(headers::USER, user.encoded().as_str());
