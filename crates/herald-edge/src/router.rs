@@ -56,6 +56,10 @@ enum MemberState {
 struct Member {
     handle: ConnHandle,
     state: MemberState,
+    /// Durable events up to this sequence are not sent to this member: it
+    /// already has them (a resume whose cursor, from another edge, is ahead of
+    /// what this edge has delivered in the room so far).
+    floor: u64,
 }
 
 struct Members {
@@ -204,6 +208,7 @@ impl Router {
                     Member {
                         handle: handle.clone(),
                         state: MemberState::Pending(Vec::new()),
+                        floor: 0,
                     },
                 );
             }
@@ -235,6 +240,7 @@ impl Router {
         let Some(member) = m.map.get_mut(conn) else {
             return;
         };
+        member.floor = delivered;
         if let MemberState::Pending(buf) = std::mem::replace(&mut member.state, MemberState::Live) {
             for (seq, frame) in buf {
                 if seq.is_some_and(|s| s <= delivered) {
@@ -582,6 +588,7 @@ impl Router {
                 continue;
             }
             match &mut member.state {
+                MemberState::Live if seq.is_some_and(|s| s <= member.floor) => {}
                 MemberState::Live => {
                     if member.handle.try_push(frame.clone()) {
                         sent += 1;

@@ -263,7 +263,7 @@ impl Conn {
             id,
             room: room.as_str(),
             epoch: &epoch,
-            seq: ticket.last_seq,
+            seq: ticket.last_seq.max(resume.last),
             recovered: resume.recovered,
             missed: resume.frames.len() as u64,
         }
@@ -302,14 +302,34 @@ impl Conn {
         let Some(since) = since else {
             return Ok(none(false));
         };
-        if since.epoch != epoch || since.seq > upto {
+        if since.epoch != epoch {
             return Ok(none(false));
+        }
+        let reader = &self.edge.reader;
+        let subject = self.edge.router.stored_subject(room);
+        if since.seq > upto {
+            // The cursor is ahead of what this edge has delivered in the room
+            // (it came from an edge that was further along). If the stream
+            // holds it, the client has missed nothing: live events resume after
+            // its cursor. A cursor beyond the stream is not one we gave out.
+            let stored = reader.last_seq(&subject).await.map_err(|e| {
+                Failure::new(
+                    ErrorCode::Unavailable,
+                    format!("reading the room's last event: {e}"),
+                )
+            })?;
+            if since.seq > stored {
+                return Ok(none(false));
+            }
+            return Ok(Resume {
+                recovered: true,
+                frames: Vec::new(),
+                last: since.seq,
+            });
         }
         if since.seq == upto {
             return Ok(none(true));
         }
-        let reader = &self.edge.reader;
-        let subject = self.edge.router.stored_subject(room);
         let unavailable = |e: crate::stream::StreamError| {
             Failure::new(
                 ErrorCode::Unavailable,
