@@ -38,5 +38,5 @@ for t in "${targets[@]}"; do
   cargo $toolchain fuzz run -O "$t" "min/$t" "$work" -- -merge=1 -max_len="$max_len" >"logs/$t.merge" 2>&1 || true
   rm -rf "corpus/$t" && mv "min/$t" "corpus/$t"
   grep -E "stat::number_of_executed_units|stat::peak_rss_mb|Done [0-9]+ runs" "logs/$t.log" | tail -3 || true
-  echo "== $t: exit $status, corpus $(ls "corpus/$t" | wc -l) files, $(du -sk "corpus/$t" | cut -f1) KiB"
+  echo "== $t: exit $status, corpus $(ls "corpus/$t" | wc -l) files, $(cat "corpus/$t"/* | wc -c) bytes"
 done

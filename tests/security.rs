@@ -1240,6 +1240,40 @@ async fn slowloris_handshakes_are_cut_off_and_hold_nothing() {
 }
 
 #[tokio::test]
+async fn closed_connections_release_their_sockets_at_once() {
+    // Connection churn must not pile up sockets: each one closed by its client
+    // is gone in well under the drain timeout (it used to linger 10 s).
+    let nats = NatsServer::start().unwrap();
+    let edge = Herald::start(&nats).unwrap();
+    let pid = edge.pid().unwrap();
+    let mut bystander = Bystander::start(&edge, &nats).await;
+    let base = open_fds(pid);
+    let mut conns = Vec::new();
+    for i in 0..20 {
+        let t = user_token(&format!("churn-{i}"), &[]);
+        conns.push(
+            WsClient::connect_welcomed(&edge.ws_url(), &t)
+                .await
+                .unwrap()
+                .0,
+        );
+    }
+    assert!(open_fds(pid) >= base + 20);
+    for c in conns {
+        c.close().await;
+    }
+    let t0 = Instant::now();
+    eventually(
+        Duration::from_secs(3),
+        "closed sockets to be released",
+        || async { open_fds(pid) <= base + 1 },
+    )
+    .await;
+    eprintln!("20 closed connections released in {:?}", t0.elapsed());
+    bystander.still_receives().await;
+}
+
+#[tokio::test]
 async fn connections_beyond_the_per_user_limit_are_refused_without_side_effects() {
     let nats = NatsServer::start().unwrap();
     let edge = HeraldBuilder::new(&nats)

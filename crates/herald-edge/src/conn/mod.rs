@@ -221,9 +221,6 @@ pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
                     }
                     Some(Err(e)) => {
                         tracing::debug!(conn = %handle.id(), error = %e, "socket error");
-                        // Nothing can be sent on a failed socket: stop the
-                        // writer now instead of waiting out the drain timeout.
-                        done.cancel();
                         break None;
                     }
                     Some(Ok(Message::Text(t))) => {
@@ -241,6 +238,13 @@ pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
             }
         }
     };
+    if closing.is_none() && handle.killed().is_none() {
+        // The client closed (or the socket failed): nothing more to send but
+        // tungstenite's reply to the close, which the writer flushes as it
+        // stops. Without this the writer idled until the drain timeout, holding
+        // the socket and task 10 s after every polite close.
+        done.cancel();
+    }
     if let Some(d) = &closing {
         edge.metrics.close(d.code.0);
         tracing::debug!(conn = %handle.id(), code = d.code.0, reason = %d.reason, "closing");

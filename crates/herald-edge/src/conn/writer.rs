@@ -94,7 +94,12 @@ pub async fn run(
                     break;
                 }
             }
-            _ = done.cancelled() => break,
+            _ = done.cancelled() => {
+                // Sends what tungstenite still holds (its reply to the
+                // client's close), briefly: the peer may be gone.
+                let _ = tokio::time::timeout(Duration::from_secs(1), sink.flush()).await;
+                break;
+            }
         }
     }
     done.cancel();
