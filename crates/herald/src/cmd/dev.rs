@@ -2,8 +2,8 @@
 //!
 //! Starts `nats-server -js` as a child process with its store in a temporary
 //! directory, sets up the stream and bucket, runs an edge with the demo page and
-//! the demo chat service ([`super::demo_chat`], unless `--no-demo-chat`), and prints how to connect and
-//! publish. Ctrl-C stops the edge and the child.
+//! the demo chat service ([`super::demo_chat`], unless `--no-demo-chat`), and
+//! prints how to connect and publish. Ctrl-C stops the edge and the child.
 
 use super::token::{TokenArgs, mint};
 use anyhow::{Context as _, Result, bail};
