@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tests the browser client in clients/js: builds it with tsc (strict), checks that
 # the copy the edge serves at /herald.js is up to date with the sources, runs the
-# unit tests (node's test runner, against a fake socket) and the end-to-end tests
+# unit tests (node's test runner, against a fake socket), type-checks
+# examples/ts/check.ts (the types generated from the Rust catalog), and the end-to-end tests
 # (the demo page in headless Chromium, driven by playwright-core, against a real
 # `herald dev` and nats-server).
 #
@@ -27,6 +28,9 @@ fi
 npm run --silent build
 node scripts/check-bundle.mjs
 npm run --silent build:test
+# The TypeScript types generated from the Rust event catalog (examples/ts) compile
+# with the client's typed event map, and wrong payloads do not.
+node_modules/.bin/tsc -p ../../examples/ts/tsconfig.json
 node --test build/test/unit/
 if [ "${1:-}" = "unit" ]; then
   exit 0

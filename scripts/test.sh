@@ -12,6 +12,9 @@ if [ ! -x target/py-venv/bin/python ] || ! target/py-venv/bin/python -c "import 
   target/py-venv/bin/pip install --quiet --disable-pip-version-check "nats-py>=2.9,<3"
 fi
 export HERALD_PYTHON="$PWD/target/py-venv/bin/python"
+# Rustdoc of the service SDK builds without warnings (every public item documented,
+# no broken links), with its optional features.
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet -p herald-publish --no-deps --all-features
 cargo test --workspace "$@"
 # The Helm chart: lint, render, schemas, and the rendered cluster run on loopback;
 # the browser client: unit tests and the demo page in headless Chromium

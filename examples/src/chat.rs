@@ -32,7 +32,7 @@ herald_events! {
 }
 
 /// The payload of `message:new` (the message before it has a sequence).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ts_rs::TS)]
 pub struct NewMessage {
     /// Service-assigned id.
     pub id: u64,

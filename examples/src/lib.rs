@@ -5,10 +5,13 @@
 //! - [`chat`]: answers `emit("message:send")`, stores the message and broadcasts it.
 //! - [`membership`]: an authorizer backed by an in-memory membership table that
 //!   publishes on every change of the table (and steers connections).
+//! - [`tasks`]: a tasks service that publishes a typed, idempotent event on every
+//!   create, update and delete.
 #![deny(missing_docs)]
 
 pub mod chat;
 pub mod membership;
+pub mod tasks;
 
 /// The NATS URL from `NATS_URL`, or `nats://127.0.0.1:4222` (what `herald dev` starts).
 pub fn nats_url() -> String {
@@ -28,4 +31,20 @@ pub fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// The TypeScript module for the examples' event catalogs: an `export type` per
+/// payload, and `ServerEvents`, the event map for `new Herald<ServerEvents>(…)`.
+/// `examples/ts/events.d.ts` holds its output (checked by a test).
+pub fn catalog_ts() -> String {
+    use herald_publish::ts::TsCatalog;
+    TsCatalog::new("ServerEvents")
+        .event::<chat::MessageNew>()
+        .event::<membership::MemberAdded>()
+        .event::<membership::MemberRemoved>()
+        .event::<tasks::TaskCreated>()
+        .event::<tasks::TaskUpdated>()
+        .event::<tasks::TaskDeleted>()
+        .event::<tasks::TaskAssigned>()
+        .render()
 }

@@ -1,12 +1,23 @@
-//! The example services against real NATS and herald processes.
+//! The example services against real processes: a nats-server and `herald dev`
+//! on it (`herald dev --nats-url`: it sets up the stream and bucket and runs an
+//! edge with the demo page, as a developer trying the examples would), with the
+//! test secret so `user_token` signs valid tokens.
 #![allow(clippy::unwrap_used)]
 
-use herald_examples::{chat, membership::Membership};
+use herald_examples::{chat, membership::Membership, tasks::Tasks};
 use herald_protocol::{Room, UserId};
 use herald_publish::Publisher;
 use herald_test_support::{Herald, HeraldBuilder, NatsServer, WsClient, user_token};
 use serde_json::json;
 use std::time::Duration;
+
+/// `herald dev --nats-url <nats> <extra…>`, listening on a free port.
+fn herald_dev(nats: &NatsServer, extra: &[&str]) -> Herald {
+    let url = nats.url();
+    let mut args = vec!["dev", "--nats-url", url.as_str()];
+    args.extend_from_slice(extra);
+    HeraldBuilder::new(nats).args(&args).start().unwrap()
+}
 
 async fn connected(edge: &Herald, sub: &str, rooms: &[&str]) -> WsClient {
     let (mut c, _) = WsClient::connect_welcomed(&edge.ws_url(), &user_token(sub, rooms))
@@ -19,7 +30,9 @@ async fn connected(edge: &Herald, sub: &str, rooms: &[&str]) -> WsClient {
 #[tokio::test]
 async fn chat_service_stores_and_broadcasts() {
     let nats = NatsServer::start().unwrap();
-    let edge = HeraldBuilder::new(&nats).start().unwrap();
+    // `herald dev` answers `message:send` with its own demo chat unless told not to;
+    // two answerers would race for every request.
+    let edge = herald_dev(&nats, &["--no-demo-chat"]);
     let store = chat::Store::default();
     chat::run(nats.client().await.unwrap(), "herald", store.clone())
         .await
@@ -71,7 +84,7 @@ async fn next_about(c: &mut WsClient, user: &str) -> serde_json::Value {
 #[tokio::test]
 async fn membership_authorizer_decides_joins_and_publishes_changes() {
     let nats = NatsServer::start().unwrap();
-    let edge = HeraldBuilder::new(&nats).start().unwrap();
+    let edge = herald_dev(&nats, &[]);
     let client = nats.client().await.unwrap();
     let members = Membership::new(Publisher::from_client(client.clone()));
     members.run_authorizer(client, "herald").await.unwrap();
@@ -139,7 +152,7 @@ async fn python_publisher_reaches_clients() {
          virtualenv), or `pip install nats-py`, or set HERALD_PYTHON to a Python that has it"
     );
     let nats = NatsServer::start().unwrap();
-    let edge = HeraldBuilder::new(&nats).start().unwrap();
+    let edge = herald_dev(&nats, &[]);
     let mut c = connected(&edge, "a@b.io", &["channel:*"]).await;
     c.join(1, "channel:42").await.unwrap();
     let out = tokio::process::Command::new(&python)
@@ -172,4 +185,150 @@ async fn python_publisher_reaches_clients() {
     );
     // The retried publish was not delivered twice.
     c.silent_for(Duration::from_millis(300)).await.unwrap();
+}
+
+/// One request to the tasks service's NATS API.
+async fn tasks_req(
+    client: &async_nats::Client,
+    op: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let msg = client
+        .request(format!("tasks.{op}"), body.to_string().into())
+        .await
+        .unwrap();
+    serde_json::from_slice(&msg.payload).unwrap()
+}
+
+#[tokio::test]
+async fn tasks_service_publishes_every_mutation_once() {
+    let nats = NatsServer::start().unwrap();
+    let edge = herald_dev(&nats, &[]);
+    let client = nats.client().await.unwrap();
+    let tasks = Tasks::new(Publisher::from_client(client.clone()));
+    tasks.serve(client.clone(), "tasks").await.unwrap();
+    let mut alice = connected(&edge, "alice", &["project:*"]).await;
+    alice.join(1, "project:apollo").await.unwrap();
+    // bob is not in the project room; he gets the assignment in his private room.
+    let mut bob = connected(&edge, "bob", &[]).await;
+
+    let created = tasks_req(
+        &client,
+        "create",
+        json!({"project":"apollo","title":" Write docs ","assignee":"bob"}),
+    )
+    .await;
+    let task = &created["ok"];
+    assert_eq!(
+        task,
+        &json!({"id":1,"project":"apollo","title":"Write docs","done":false,"assignee":"bob","version":1}),
+        "{created}"
+    );
+    let ev = alice.expect("event").await.unwrap();
+    assert_eq!(
+        (ev["room"].as_str(), ev["event"].as_str(), &ev["data"]),
+        (Some("project:apollo"), Some("task:created"), task)
+    );
+    let first_seq = ev["seq"].as_u64().unwrap();
+    let notice = bob.expect("event").await.unwrap();
+    assert_eq!(
+        (
+            notice["room"].as_str(),
+            notice["event"].as_str(),
+            &notice["data"]
+        ),
+        (
+            Some("user:bob"),
+            Some("task:assigned"),
+            &json!({"task":1,"project":"apollo","title":"Write docs"})
+        )
+    );
+
+    let updated = tasks_req(
+        &client,
+        "update",
+        json!({"id":1,"done":true,"assignee":"bob"}),
+    )
+    .await;
+    assert_eq!(updated["ok"]["version"], 2, "{updated}");
+    let ev = alice.expect("event").await.unwrap();
+    assert_eq!(
+        (
+            ev["event"].as_str(),
+            &ev["data"]["done"],
+            &ev["data"]["version"]
+        ),
+        (Some("task:updated"), &json!(true), &json!(2))
+    );
+    assert!(ev["seq"].as_u64().unwrap() > first_seq);
+
+    let deleted = tasks_req(&client, "delete", json!({"id":1})).await;
+    assert_eq!(deleted["ok"], json!({"id":1,"version":3}));
+    let ev = alice.expect("event").await.unwrap();
+    assert_eq!(
+        (ev["event"].as_str(), &ev["data"]),
+        (Some("task:deleted"), &json!({"id":1,"version":3}))
+    );
+
+    // Refused mutations publish nothing.
+    for (op, body, error) in [
+        ("update", json!({"id":1,"done":false}), "no task 1"),
+        (
+            "create",
+            json!({"project":"a b","title":"x"}),
+            "bad request",
+        ),
+        (
+            "create",
+            json!({"project":"apollo","title":"  "}),
+            "bad request",
+        ),
+        ("archive", json!({}), "unknown operation"),
+    ] {
+        let r = tasks_req(&client, op, body).await;
+        assert!(
+            r["error"].as_str().is_some_and(|e| e.contains(error)),
+            "{op}: {r}"
+        );
+    }
+
+    // Publishing every change again with the same keys (a restart that cannot tell
+    // what went out) stores nothing new and delivers nothing twice.
+    assert_eq!(tasks.replay().await.unwrap(), 3);
+    alice.silent_for(Duration::from_millis(500)).await.unwrap();
+    // Re-assigning to the same user did not notify again.
+    bob.silent_for(Duration::from_millis(100)).await.unwrap();
+    tasks.publisher().drain_detached().await;
+    let stats = tasks.publisher().detached_stats();
+    assert_eq!((stats.ok, stats.failed), (1, 0), "{stats:?}");
+}
+
+#[tokio::test]
+async fn tasks_service_publishes_concurrent_mutations_in_mutation_order() {
+    let nats = NatsServer::start().unwrap();
+    let edge = herald_dev(&nats, &[]);
+    let client = nats.client().await.unwrap();
+    let tasks = Tasks::new(Publisher::from_client(client.clone()));
+    tasks.serve(client.clone(), "tasks").await.unwrap();
+    let mut alice = connected(&edge, "alice", &["project:*"]).await;
+    alice.join(1, "project:p1").await.unwrap();
+    tasks_req(&client, "create", json!({"project":"p1","title":"t"})).await;
+    assert_eq!(alice.expect("event").await.unwrap()["data"]["version"], 1);
+    // 20 updates at once: the service applies and publishes them one at a time, so
+    // versions arrive in stream order.
+    let updates = (0..20).map(|i| {
+        let client = client.clone();
+        async move { tasks_req(&client, "update", json!({"id":1,"title":format!("t{i}")})).await }
+    });
+    for r in futures::future::join_all(updates).await {
+        assert!(r["ok"].is_object(), "{r}");
+    }
+    let mut last_seq = 0;
+    for version in 2..=21 {
+        let ev = alice.expect("event").await.unwrap();
+        assert_eq!(ev["data"]["version"], version, "{ev}");
+        let seq = ev["seq"].as_u64().unwrap();
+        assert!(seq > last_seq);
+        last_seq = seq;
+    }
 }

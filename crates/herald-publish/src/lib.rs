@@ -8,6 +8,8 @@
 //!   type does not compile ([`Publisher::send`]).
 //! - [`rpc_handler`] and [`authorizer`]: answer clients' `emit` and join requests
 //!   as NATS queue groups.
+//! - `ts` (feature `ts`): TypeScript declarations of a catalog for the browser
+//!   client's typed event map.
 //! - [`Presence`]: who is online, per room and per user (`is_online`,
 //!   `online_bulk`, `members`, `count`, `rooms_of`).
 //!
@@ -21,6 +23,8 @@ pub mod event;
 pub mod presence;
 pub mod publisher;
 pub mod service;
+#[cfg(feature = "ts")]
+pub mod ts;
 
 pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, valid_event_name};

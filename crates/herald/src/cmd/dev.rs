@@ -2,8 +2,8 @@
 //!
 //! Starts `nats-server -js` as a child process with its store in a temporary
 //! directory, sets up the stream and bucket, runs an edge with the demo page and
-//! the demo chat service ([`super::demo_chat`]), and prints how to connect and
-//! publish. Ctrl-C stops the edge and the child.
+//! the demo chat service ([`super::demo_chat`], unless `--no-demo-chat`), and
+//! prints how to connect and publish. Ctrl-C stops the edge and the child.
 
 use super::token::{TokenArgs, mint};
 use anyhow::{Context as _, Result, bail};
@@ -22,6 +22,10 @@ pub struct DevArgs {
     /// The nats-server executable.
     #[arg(long, env = "HERALD_NATS_SERVER_BIN", default_value = "nats-server")]
     nats_server: String,
+    /// Do not run the demo chat service (the answer to `message:send`), e.g. to run
+    /// your own service for that event beside `herald dev`.
+    #[arg(long)]
+    no_demo_chat: bool,
 }
 
 fn free_port() -> Result<u16> {
@@ -97,10 +101,14 @@ pub async fn run(file: Option<&Path>, a: DevArgs) -> Result<()> {
         },
     )?;
     let nats_url = cfg.nats.url.clone();
-    let chat_client = super::nats_client(&cfg)
-        .await
-        .context("connecting the demo chat service to NATS")?;
-    let chat = super::demo_chat::start(chat_client, &cfg.subject_prefix).await?;
+    let chat = if a.no_demo_chat {
+        None
+    } else {
+        let chat_client = super::nats_client(&cfg)
+            .await
+            .context("connecting the demo chat service to NATS")?;
+        Some(super::demo_chat::start(chat_client, &cfg.subject_prefix).await?)
+    };
     let shutdown = super::shutdown_on_signals();
     let routes = super::demo_chat::token_routes(secret.clone());
     let result = super::serve::serve_with(cfg, shutdown, routes, |addr| {
@@ -114,7 +122,9 @@ pub async fn run(file: Option<&Path>, a: DevArgs) -> Result<()> {
         );
     })
     .await;
-    chat.stop();
+    if let Some(chat) = chat {
+        chat.stop();
+    }
     if let Some(mut c) = child {
         let _ = c.kill().await;
     }
