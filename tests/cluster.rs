@@ -119,6 +119,8 @@ async fn events_stored_while_the_edges_node_was_down_are_filled_after_it_reconne
     let edge = HeraldBuilder::with_url(&cluster.node_url(0))
         .env("HERALD_SETUP_ON_START", "false")
         .env("HERALD_CATCHUP__CHECK_INTERVAL_SECS", "0")
+        // Gaps are read in chunks of this many events: the 3 missed ones take two.
+        .env("HERALD_CATCHUP__MAX_EVENTS", "2")
         .env("HERALD_NATS__IGNORE_DISCOVERED_SERVERS", "true")
         .start()
         .unwrap();

@@ -143,6 +143,7 @@ impl Edge {
                 pending_cap: cfg.limits.outbound_queue,
                 check_every: (cfg.catchup.check_interval_secs > 0)
                     .then(|| std::time::Duration::from_secs(cfg.catchup.check_interval_secs)),
+                fill_chunk: cfg.catchup.max_events,
             },
             tracker.clone(),
             signals.clone(),

@@ -95,6 +95,8 @@ pub struct RouterSettings {
     pub pending_cap: usize,
     /// How often each room checks the stream for a missed last event.
     pub check_every: Option<std::time::Duration>,
+    /// Events read from the stream at a time when filling a gap.
+    pub fill_chunk: usize,
 }
 
 /// Routes NATS room traffic to local connections.
@@ -106,6 +108,7 @@ pub struct Router {
     metrics: Arc<Metrics>,
     pending_cap: usize,
     check_every: Option<std::time::Duration>,
+    fill_chunk: usize,
     epoch: Arc<std::sync::RwLock<String>>,
     tracker: TaskTracker,
     signals: broadcast::Sender<NatsSignal>,
@@ -161,6 +164,7 @@ impl Router {
         let RouterSettings {
             pending_cap,
             check_every,
+            fill_chunk,
             epoch,
         } = settings;
         Arc::new(Self {
@@ -171,6 +175,7 @@ impl Router {
             metrics,
             pending_cap,
             check_every,
+            fill_chunk: fill_chunk.max(1),
             epoch,
             tracker,
             signals,
@@ -433,33 +438,54 @@ impl Router {
                 return false;
             }
         };
-        let (events, _) = match self
-            .reader
-            .range(&state.stored_subject, after, upto, usize::MAX)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(room = %state.room, after, upto, error = %e, "could not fill a gap");
-                return false;
-            }
-        };
-        let complete = anchored && events.last().is_some_and(|e| e.seq == upto);
-        tracing::info!(room = %state.room, after, upto, filled = events.len(), complete, "filled a gap from the stream");
-        if !complete {
+        if !anchored {
             self.gap_notice(state, upto);
         }
-        for e in events {
-            let Some(frame) = e.frame(&state.room) else {
-                continue;
+        // Read and deliver in chunks of `fill_chunk` events, so a long gap (an
+        // edge cut off from NATS for a while) never sits in memory whole.
+        let (mut from, mut filled) = (after, 0usize);
+        loop {
+            let (events, truncated) = match self
+                .reader
+                .range(&state.stored_subject, from, upto, self.fill_chunk)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) if filled == 0 => {
+                    tracing::warn!(room = %state.room, after, upto, error = %e, "could not fill a gap");
+                    return false;
+                }
+                Err(e) => {
+                    // Part of the gap is delivered; the rest cannot be read now.
+                    tracing::warn!(room = %state.room, from, upto, error = %e, "could not finish filling a gap");
+                    break;
+                }
             };
-            let frame = Utf8Bytes::from(frame);
-            self.deliver(
-                state,
-                Some(e.seq),
-                frame,
-                &Exclusions::from(e.headers.as_ref()),
-            );
+            filled += events.len();
+            if let Some(last) = events.last() {
+                from = last.seq;
+            }
+            for e in events {
+                let Some(frame) = e.frame(&state.room) else {
+                    continue;
+                };
+                let frame = Utf8Bytes::from(frame);
+                self.deliver(
+                    state,
+                    Some(e.seq),
+                    frame,
+                    &Exclusions::from(e.headers.as_ref()),
+                );
+            }
+            if !truncated || from >= upto {
+                break;
+            }
+        }
+        let complete = anchored && from == upto;
+        tracing::info!(room = %state.room, after, upto, filled, complete, "filled a gap from the stream");
+        if anchored && !complete {
+            // The tail could not be read (a lagging replica or a failed read).
+            self.gap_notice(state, upto);
         }
         if !complete && let Ok(mut m) = state.members.lock() {
             m.last_seq = m.last_seq.max(upto);
