@@ -83,13 +83,16 @@ async fn a_nats_restart_is_invisible_to_clients_and_readyz_follows_it() {
 async fn a_slow_consumer_is_closed_with_4008_and_others_get_everything() {
     let nats = NatsServer::start().unwrap();
     let edge = HeraldBuilder::new(&nats)
-        .env("HERALD_LIMITS__OUTBOUND_QUEUE", "8")
+        .env("HERALD_LIMITS__OUTBOUND_QUEUE", "32")
         .start()
         .unwrap();
     let t = user_token("6", &["channel:*"]);
-    let (mut slow, _) = WsClient::connect_welcomed(&edge.ws_url(), &t)
+    // A small receive buffer: the edge's writer then waits on the socket
+    // frame by frame once the client reads again, while events keep coming.
+    let mut slow = WsClient::connect_small_buffer(&edge.ws_url(), &t, 16 * 1024)
         .await
         .unwrap();
+    slow.expect("welcome").await.unwrap();
     slow.expect("joined").await.unwrap();
     slow.join(1, "channel:1").await.unwrap();
     let (mut fast, _) =
@@ -98,27 +101,147 @@ async fn a_slow_consumer_is_closed_with_4008_and_others_get_everything() {
             .unwrap();
     fast.expect("joined").await.unwrap();
     fast.join(1, "channel:1").await.unwrap();
-    // The slow client stops reading; 64 KiB events fill its socket, then its queue.
+    // The slow client stops reading; 64 KiB events fill its socket, then its
+    // queue. It starts reading again while events are still being published.
     let js = async_nats::jetstream::new(nats.client().await.unwrap());
     let big = "x".repeat(64 * 1024);
-    let n = 400;
+    let n = 600;
     let reader = tokio::spawn(async move {
         for _ in 0..n {
             fast.expect("event").await.unwrap();
         }
         fast
     });
-    for i in 0..n {
-        publish(&js, "channel:1", "m", json!({"i": i, "pad": big})).await;
-    }
-    let _fast = reader.await.unwrap();
-    eventually(Duration::from_secs(10), "4008 counted", || async {
+    // Acks are awaited in windows, so events arrive faster than one round trip each.
+    let publisher = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        for i in 0..n {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Herald-Event", "m");
+            let body = json!({"i": i, "pad": big}).to_string();
+            acks.push(
+                js.publish_with_headers("herald.room.channel.1", h, body.into())
+                    .await
+                    .unwrap(),
+            );
+            if acks.len() == 8 {
+                for a in acks.drain(..) {
+                    a.await.unwrap();
+                }
+            }
+        }
+        for a in acks {
+            a.await.unwrap();
+        }
+    });
+    eventually(Duration::from_secs(30), "4008 counted", || async {
         metric(&edge, "herald_slow_consumer_disconnects_total").await == 1.0
     })
     .await;
-    let (d, code) = slow.expect_close().await.unwrap();
-    assert_eq!(code, 4008);
-    assert_eq!(d.unwrap()["reconnect"], true);
+    assert!(
+        !publisher.is_finished(),
+        "the publisher must outlast the stall"
+    );
+    // What the slow client got before the close must be a gapless prefix:
+    // its cursor is the last event it saw, and it resumes from there.
+    let mut got = Vec::new();
+    let mut disconnect = None;
+    loop {
+        match slow.recv().await {
+            Ok(v) if v["type"] == "event" => got.push(v["data"]["i"].as_u64().unwrap()),
+            Ok(v) if v["type"] == "disconnect" => disconnect = Some(v),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert_eq!(slow.close_code(), Some(4008));
+    assert_eq!(disconnect.unwrap()["reconnect"], true);
+    assert!(!got.is_empty());
+    let expected: Vec<u64> = (0..got.len() as u64).collect();
+    assert_eq!(got, expected, "the slow client saw a hole before its 4008");
+    publisher.await.unwrap();
+    let _fast = reader.await.unwrap();
+}
+
+/// Clients in two rooms stop reading while one room's catch-up is being
+/// queued for them and events keep arriving in the other: a push fails, the
+/// edge closes with 4008, and nothing queued after that failure may reach the
+/// client, although the queue drains again once the client reads. Whether a
+/// later push lands in the queue before the connection's tasks see the kill
+/// is a race, so several clients run the scenario at once.
+#[tokio::test]
+async fn nothing_after_a_failed_push_reaches_a_slow_consumer() {
+    let nats = NatsServer::start().unwrap();
+    let edge = HeraldBuilder::new(&nats)
+        .env("HERALD_LIMITS__OUTBOUND_QUEUE", "16")
+        .env("HERALD_CATCHUP__MAX_EVENTS", "1000")
+        .start()
+        .unwrap();
+    let js = async_nats::jetstream::new(nats.client().await.unwrap());
+    let big = "x".repeat(64 * 1024);
+    for i in 0..300 {
+        publish(&js, "channel:a", "m", json!({"i": i, "pad": big})).await;
+    }
+    let clients = 6;
+    let mut slow = Vec::new();
+    for u in 0..clients {
+        let t = user_token(&format!("s{u}"), &["channel:*"]);
+        let mut c = WsClient::connect_small_buffer(&edge.ws_url(), &t, 16 * 1024)
+            .await
+            .unwrap();
+        c.expect("welcome").await.unwrap();
+        c.expect("joined").await.unwrap();
+        c.join(1, "channel:b").await.unwrap();
+        let epoch = c.join(2, "channel:a").await.unwrap()["epoch"].clone();
+        c.send(json!({"type":"leave","id":3,"room":"channel:a"}))
+            .await
+            .unwrap();
+        c.expect("left").await.unwrap();
+        slow.push((c, epoch));
+    }
+    // Each resume queues 299 events of 64 KiB, far more than the queue holds,
+    // while channel:b gets events as fast as they are acknowledged.
+    for (c, epoch) in &mut slow {
+        c.send(json!({"type":"join","id":4,"room":"channel:a","since":{"epoch":epoch,"seq":1}}))
+            .await
+            .unwrap();
+    }
+    // Publishes until the end of the test, so events keep coming while the
+    // closed clients' queues drain.
+    let publisher = tokio::spawn(async move {
+        for i in 0.. {
+            publish(&js, "channel:b", "m", json!({"i": i})).await;
+        }
+    });
+    eventually(
+        Duration::from_secs(30),
+        "every slow client closed",
+        || async {
+            metric(&edge, "herald_slow_consumer_disconnects_total").await == clients as f64
+        },
+    )
+    .await;
+    for (mut c, _) in slow {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        loop {
+            match c.recv().await {
+                Ok(v) if v["type"] == "event" && v["room"] == "channel:a" => {
+                    a.push(v["data"]["i"].as_u64().unwrap())
+                }
+                Ok(v) if v["type"] == "event" => b.push(v["data"]["i"].as_u64().unwrap()),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        assert_eq!(c.close_code(), Some(4008));
+        // channel:a resumes after its first event (i = 0); channel:b is live
+        // from the start.
+        let expected: Vec<u64> = (1..=a.len() as u64).collect();
+        assert_eq!(a, expected, "a hole in the resumed room");
+        let expected: Vec<u64> = (0..b.len() as u64).collect();
+        assert_eq!(b, expected, "a hole in the live room");
+    }
+    publisher.abort();
 }
 
 #[tokio::test]

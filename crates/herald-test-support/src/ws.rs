@@ -52,6 +52,40 @@ impl WsClient {
         })
     }
 
+    /// Connects with `?token=` over a socket whose kernel receive buffer is
+    /// `recv_buffer` bytes, so a client that stops reading backs up into the
+    /// edge quickly (a slow reader).
+    pub async fn connect_small_buffer(url: &str, token: &str, recv_buffer: u32) -> Result<Self> {
+        let req = format!("{url}?token={token}").into_client_request()?;
+        let host = req.uri().host().context("no host")?.to_owned();
+        let port = req.uri().port_u16().unwrap_or(80);
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await?
+            .next()
+            .context("no address")?;
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_recv_buffer_size(recv_buffer)?;
+        let stream = socket.connect(addr).await?;
+        let (ws, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
+            .await
+            .context("WebSocket handshake")?;
+        Ok(Self {
+            ws,
+            closed: None,
+            frames: Default::default(),
+            presence: Default::default(),
+        })
+    }
+
+    /// The close code received, if the edge closed the connection.
+    pub fn close_code(&self) -> Option<u16> {
+        self.closed.clone().flatten().map(|f| u16::from(f.code))
+    }
+
     /// Connects with `?token=`.
     pub async fn connect(url: &str, token: &str) -> Result<Self> {
         Self::connect_with(&format!("{url}?token={token}"), &[]).await

@@ -115,7 +115,8 @@ impl ConnHandle {
     /// Queues a frame without waiting. `false` when the queue is full (or the
     /// connection is gone): the caller decides to kill it.
     pub fn try_push(&self, frame: Utf8Bytes) -> bool {
-        self.0.tx.try_send(Outbound::Frame(frame)).is_ok()
+        // Nothing is queued behind a kill: the writer would drop it anyway.
+        !self.0.kill.is_cancelled() && self.0.tx.try_send(Outbound::Frame(frame)).is_ok()
     }
 
     /// Queues a frame, waiting at most `wait` for room (for answers to the

@@ -64,6 +64,18 @@ pub async fn run(
                 let mut n = 0;
                 let mut closing = None;
                 while let Some(out) = next.take() {
+                    // A kill (4008) means a frame could not be queued: anything
+                    // taken from the queue after it may come after that hole,
+                    // and must not reach the client, whose cursor would then
+                    // skip the lost event. The check is ordered after the
+                    // kill, since the router kills before it pushes again.
+                    if kill.is_cancelled() {
+                        if let Some(d) = handle.killed() {
+                            close_with(&mut sink, d).await;
+                        }
+                        done.cancel();
+                        return;
+                    }
                     match out {
                         Outbound::Frame(f) => {
                             if sink.feed(Message::Text(f)).await.is_err() {
