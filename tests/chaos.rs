@@ -79,6 +79,16 @@ async fn publish_id(nc: &async_nats::Client, room: usize, id: &str, body: String
     }
 }
 
+/// Notes an acknowledged sequence of `chaos:r<room>`.
+fn record(acked: &Mutex<HashMap<String, Vec<u64>>>, room: usize, seq: u64) {
+    acked
+        .lock()
+        .unwrap()
+        .entry(format!("chaos:r{room}"))
+        .or_default()
+        .push(seq);
+}
+
 /// What one client saw: per room, the sequences in arrival order, and problems.
 #[derive(Default, Debug)]
 struct Seen {
@@ -316,12 +326,7 @@ async fn every_client_sees_every_event_once_in_order_through_faults() {
                 tick.tick().await;
                 let room = prng.random_range(0..ROOMS);
                 let seq = publish_acked(&nc, room, n).await;
-                acked
-                    .lock()
-                    .unwrap()
-                    .entry(format!("chaos:r{room}"))
-                    .or_default()
-                    .push(seq);
+                record(&acked, room, seq);
                 n += 1;
             }
             n
@@ -353,12 +358,7 @@ async fn every_client_sees_every_event_once_in_order_through_faults() {
                 for j in 0..BURST {
                     let seq =
                         publish_id(&burster, room, &format!("burst{f}-{j}"), body.clone()).await;
-                    acked
-                        .lock()
-                        .unwrap()
-                        .entry(format!("chaos:r{room}"))
-                        .or_default()
-                        .push(seq);
+                    record(&acked, room, seq);
                 }
             }
             4 => {

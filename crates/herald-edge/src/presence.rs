@@ -21,9 +21,9 @@
 use crate::config::PresenceConfig;
 use crate::metrics::Metrics;
 use crate::nats::NatsSignal;
+use crate::stream::{LeaderGetError, leader_msg_get};
 use async_nats::jetstream::{self, context::PublishErrorKind, kv};
 use async_nats::{Client, HeaderMap};
-use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use herald_protocol::presence::{self, Entry, Member};
@@ -702,48 +702,26 @@ impl Tracker {
     /// tombstone or an expiry marker).
     async fn read(&self, key: &str) -> Result<(u64, Option<Bytes>), KvError> {
         let body = serde_json::json!({ "last_by_subj": format!("{}{key}", self.prefix) });
-        let req = self
-            .client
-            .request(self.msg_get.clone(), body.to_string().into());
-        let msg = tokio::time::timeout(Duration::from_secs(5), req)
+        let m = match leader_msg_get(&self.client, &self.msg_get, &body, Duration::from_secs(5))
             .await
-            .map_err(|_| KvError::Nats("the presence bucket did not answer in time".into()))?
-            .map_err(|e| KvError::Nats(format!("reading presence: {e}")))?;
-        #[derive(serde::Deserialize)]
-        struct Reply {
-            message: Option<Stored>,
-            error: Option<serde_json::Value>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Stored {
-            seq: u64,
-            #[serde(default)]
-            hdrs: Option<String>,
-            #[serde(default)]
-            data: Option<String>,
-        }
-        let r: Reply = serde_json::from_slice(&msg.payload)
-            .map_err(|e| KvError::Nats(format!("reading presence: bad reply: {e}")))?;
-        if let Some(err) = r.error {
-            if err["err_code"] == 10037 || err["code"] == 404 {
-                return Ok((0, None));
+        {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok((0, None)),
+            Err(LeaderGetError::Timeout) => {
+                return Err(KvError::Nats(
+                    "the presence bucket did not answer in time".into(),
+                ));
             }
-            return Err(KvError::Nats(format!("reading presence: {err}")));
-        }
-        let Some(m) = r.message else {
-            return Ok((0, None));
+            Err(LeaderGetError::Failed(e)) => {
+                return Err(KvError::Nats(format!("reading presence: {e}")));
+            }
         };
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let hdrs = m
-            .hdrs
-            .and_then(|h| b64.decode(h).ok())
-            .map(|h| String::from_utf8_lossy(&h).into_owned())
-            .unwrap_or_default();
+        let hdrs = m.headers();
+        let hdrs = String::from_utf8_lossy(&hdrs);
         if hdrs.contains("KV-Operation") || hdrs.contains("Nats-Marker-Reason") {
             return Ok((m.seq, None));
         }
-        let data = m.data.and_then(|d| b64.decode(d).ok()).unwrap_or_default();
-        Ok((m.seq, Some(data.into())))
+        Ok((m.seq, Some(m.data().into())))
     }
 
     /// Reads an entry: from the stream leader (`leader`), or with Direct Get,

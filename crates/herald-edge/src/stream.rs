@@ -12,9 +12,8 @@
 
 use crate::config::{Config, StreamConfig};
 use async_nats::jetstream::{self, kv, stream};
-use async_nats::{Client, HeaderMap, StatusCode};
+use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
-use futures::StreamExt as _;
 use herald_protocol::{Subjects, headers};
 use std::time::Duration;
 
@@ -57,6 +56,86 @@ fn api(op: &'static str, e: impl std::fmt::Display) -> StreamError {
         op,
         message: e.to_string(),
     }
+}
+
+/// One message as the stream leader returned it (`$JS.API.STREAM.MSG.GET`).
+/// Headers and payload stay base64 until asked for: most reads need only the
+/// sequence.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct LeaderMsg {
+    /// The message's subject.
+    pub subject: String,
+    /// Its stream sequence.
+    pub seq: u64,
+    #[serde(default)]
+    hdrs: Option<String>,
+    #[serde(default)]
+    data: Option<String>,
+}
+
+impl LeaderMsg {
+    /// The headers in NATS wire form (`NATS/1.0` then `Name: value` lines);
+    /// empty when there are none or they do not decode.
+    pub fn headers(&self) -> Vec<u8> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        self.hdrs
+            .as_deref()
+            .and_then(|h| b64.decode(h).ok())
+            .unwrap_or_default()
+    }
+
+    /// The payload; empty when there is none or it does not decode.
+    pub fn data(&self) -> Vec<u8> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        self.data
+            .as_deref()
+            .and_then(|d| b64.decode(d).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Why [`leader_msg_get`] failed.
+#[derive(Debug)]
+pub(crate) enum LeaderGetError {
+    /// No answer within the timeout.
+    Timeout,
+    /// The request or the server failed (the message says how).
+    Failed(String),
+}
+
+/// Reads one message through the stream leader: `api_subject` is
+/// `$JS.API.STREAM.MSG.GET.<stream>` and `body` the request (`{"seq":N}`,
+/// `{"last_by_subj":"…"}`). `None` when no such message is stored. Unlike a
+/// Direct Get, the answer is never from a replica that is behind, which is what
+/// the edge's "was anything lost?" reads and presence's compare-and-set need.
+pub(crate) async fn leader_msg_get(
+    client: &Client,
+    api_subject: &str,
+    body: &serde_json::Value,
+    timeout: Duration,
+) -> Result<Option<LeaderMsg>, LeaderGetError> {
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        message: Option<LeaderMsg>,
+        error: Option<serde_json::Value>,
+    }
+    let req = client.request(api_subject.to_owned(), body.to_string().into());
+    let msg = tokio::time::timeout(timeout, req)
+        .await
+        .map_err(|_| LeaderGetError::Timeout)?
+        .map_err(|e| LeaderGetError::Failed(e.to_string()))?;
+    let r: Reply = serde_json::from_slice(&msg.payload)
+        .map_err(|e| LeaderGetError::Failed(format!("bad reply: {e}")))?;
+    if let Some(err) = r.error {
+        // 10037: no message found.
+        if err["err_code"] == 10037 || err["code"] == 404 {
+            return Ok(None);
+        }
+        return Err(LeaderGetError::Failed(err.to_string()));
+    }
+    Ok(r.message)
 }
 
 /// The stream configuration Herald wants, from config.
@@ -247,27 +326,11 @@ impl StreamReader {
         &self,
         body: serde_json::Value,
     ) -> Result<Option<(String, u64)>, StreamError> {
-        let req = self
-            .client
-            .request(self.msg_get_subject.clone(), body.to_string().into());
-        let msg = tokio::time::timeout(self.timeout, req)
-            .await
-            .map_err(|_| StreamError::Timeout("message get"))?
-            .map_err(|e| api("message get", e))?;
-        let v: serde_json::Value = serde_json::from_slice(&msg.payload)
-            .map_err(|e| api("message get", format!("bad reply: {e}")))?;
-        if let Some(err) = v.get("error") {
-            // 10037: no message found.
-            if err["err_code"] == 10037 || err["code"] == 404 {
-                return Ok(None);
-            }
-            return Err(api("message get", err.to_string()));
+        match leader_msg_get(&self.client, &self.msg_get_subject, &body, self.timeout).await {
+            Ok(m) => Ok(m.map(|m| (m.subject, m.seq))),
+            Err(LeaderGetError::Timeout) => Err(StreamError::Timeout("message get")),
+            Err(LeaderGetError::Failed(e)) => Err(api("message get", e)),
         }
-        let m = &v["message"];
-        Ok(Some((
-            m["subject"].as_str().unwrap_or_default().to_owned(),
-            m["seq"].as_u64().unwrap_or(0),
-        )))
     }
 
     /// The last sequence stored on `subject` (0 if none), from the leader.
@@ -360,68 +423,49 @@ impl StreamReader {
     ) -> Result<(), StreamError> {
         let mut next = after + 1;
         while next <= upto {
-            let inbox = self.client.new_inbox();
-            let mut sub = self
-                .client
-                .subscribe(inbox.clone())
-                .await
-                .map_err(|e| api("subscribing for a batch", e))?;
             let body = serde_json::json!({
                 "seq": next,
                 "next_by_subj": subject,
                 "batch": self.batch,
             });
-            self.client
-                .publish_with_reply(self.api_subject.clone(), inbox, body.to_string().into())
-                .await
-                .map_err(|e| api("requesting a batch", e))?;
             let mut last_in_batch = None;
-            let pending;
-            loop {
-                let msg = tokio::time::timeout(self.timeout, sub.next())
-                    .await
-                    .map_err(|_| StreamError::Timeout("batched direct get"))?
-                    .ok_or_else(|| api("batched direct get", "subscription closed"))?;
-                match msg.status {
-                    // End of batch: carries how many matching messages remain.
-                    Some(s) if s.as_u16() == 204 => {
-                        pending = header_u64(msg.headers.as_ref(), headers::NATS_NUM_PENDING);
-                        break;
+            let mut stopped = false;
+            let pending = herald_publish::direct::batch(
+                &self.client,
+                &self.api_subject,
+                &body,
+                self.timeout,
+                |msg| {
+                    let h = msg.headers.as_ref();
+                    let Some(seq) = header_u64(h, headers::NATS_SEQUENCE) else {
+                        return true;
+                    };
+                    last_in_batch = Some(seq);
+                    if seq > upto {
+                        return true;
                     }
-                    Some(StatusCode::NOT_FOUND) => {
-                        pending = Some(0);
-                        break;
-                    }
-                    Some(s) if s != StatusCode::OK => {
-                        return Err(api(
-                            "batched direct get",
-                            format!("status {s}: {:?}", msg.description),
-                        ));
-                    }
-                    _ => {}
+                    let event = StoredEvent {
+                        seq,
+                        event: h
+                            .and_then(|h| h.get(headers::EVENT))
+                            .map(|v| v.as_str().to_owned()),
+                        payload: msg.payload,
+                        headers: msg.headers,
+                    };
+                    stopped = !f(event);
+                    !stopped
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                herald_publish::direct::BatchError::Timeout => {
+                    StreamError::Timeout("batched direct get")
                 }
-                let h = msg.headers.as_ref();
-                let Some(seq) = header_u64(h, headers::NATS_SEQUENCE) else {
-                    continue;
-                };
-                last_in_batch = Some(seq);
-                if seq > upto {
-                    continue;
-                }
-                let event = StoredEvent {
-                    seq,
-                    event: h
-                        .and_then(|h| h.get(headers::EVENT))
-                        .map(|v| v.as_str().to_owned()),
-                    payload: msg.payload,
-                    headers: msg.headers,
-                };
-                if !f(event) {
-                    let _ = sub.unsubscribe().await;
-                    return Ok(());
-                }
+                e => api("batched direct get", e),
+            })?;
+            if stopped {
+                return Ok(());
             }
-            let _ = sub.unsubscribe().await;
             match (last_in_batch, pending) {
                 (Some(last), Some(p)) if p > 0 && last < upto => next = last + 1,
                 _ => break,

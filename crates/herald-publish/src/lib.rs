@@ -18,6 +18,7 @@
 //! [`UserId`]. See `docs/SUBJECTS.md` for the contract.
 #![deny(missing_docs)]
 
+pub mod direct;
 pub mod error;
 pub mod event;
 pub mod presence;

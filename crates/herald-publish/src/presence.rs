@@ -21,8 +21,7 @@
 //! ```
 
 use crate::error::{Error, ErrorKind, Result};
-use async_nats::{HeaderMap, StatusCode};
-use futures::StreamExt as _;
+use async_nats::HeaderMap;
 use herald_protocol::presence::{self, Entry, Member};
 use herald_protocol::{Room, UserId};
 use std::collections::HashMap;
@@ -228,74 +227,47 @@ impl Presence {
         body: serde_json::Value,
         f: &mut (dyn FnMut(StoredEntry) -> bool + Send),
     ) -> Result<Option<u64>> {
-        let inbox = self.client.new_inbox();
-        let mut sub = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| read_error("subscribing for a presence read", e))?;
-        self.client
-            .publish_with_reply(self.api.clone(), inbox, body.to_string().into())
-            .await
-            .map_err(|e| read_error("requesting presence", e))?;
         let prefix = format!("$KV.{}.", self.bucket);
         let mut wanted = true;
-        let pending = loop {
-            let msg = tokio::time::timeout(self.timeout, sub.next())
-                .await
-                .map_err(|_| {
-                    Error::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "the presence bucket `{}` did not answer in time (is it created? run `herald setup`)",
-                            self.bucket
-                        ),
-                    )
-                })?
-                .ok_or_else(|| read_error("reading presence", "subscription closed"))?;
-            match msg.status {
-                Some(s) if s.as_u16() == 204 => {
-                    break header(msg.headers.as_ref(), "Nats-Num-Pending")
-                        .and_then(|v| v.parse().ok());
-                }
-                Some(StatusCode::NOT_FOUND) => break Some(0),
-                Some(StatusCode::NO_RESPONDERS) => {
-                    return Err(Error::new(
-                        ErrorKind::NoBucket,
-                        format!(
-                            "no presence bucket `{}` (or direct gets are off): run `herald setup`",
-                            self.bucket
-                        ),
-                    ));
-                }
-                Some(s) if s != StatusCode::OK => {
-                    return Err(read_error(
-                        "reading presence",
-                        format!("status {s}: {:?}", msg.description),
-                    ));
-                }
-                _ => {}
-            }
+        let read = crate::direct::batch(&self.client, &self.api, &body, self.timeout, |msg| {
             let h = msg.headers.as_ref();
             let (Some(subject), Some(seq)) = (
                 header(h, "Nats-Subject"),
                 header(h, "Nats-Sequence").and_then(|s| s.parse::<u64>().ok()),
             ) else {
-                continue;
+                return true;
             };
             if !wanted || !is_value(h) {
-                continue;
+                return true;
             }
             let Some(key) = subject.strip_prefix(&prefix) else {
-                continue;
+                return true;
             };
             wanted = f(StoredEntry {
                 key: key.to_owned(),
                 revision: seq,
                 value: msg.payload.clone(),
             });
-        };
-        let _ = sub.unsubscribe().await;
-        Ok(pending)
+            true
+        })
+        .await;
+        use crate::direct::BatchError;
+        read.map_err(|e| match e {
+            BatchError::Timeout => Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the presence bucket `{}` did not answer in time (is it created? run `herald setup`)",
+                    self.bucket
+                ),
+            ),
+            BatchError::NoResponders => Error::new(
+                ErrorKind::NoBucket,
+                format!(
+                    "no presence bucket `{}` (or direct gets are off): run `herald setup`",
+                    self.bucket
+                ),
+            ),
+            e => read_error("reading presence", e),
+        })
     }
 }

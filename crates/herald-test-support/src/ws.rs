@@ -32,6 +32,15 @@ fn is_presence(v: &Value) -> bool {
 }
 
 impl WsClient {
+    fn over(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+        Self {
+            ws,
+            closed: None,
+            frames: Default::default(),
+            presence: Default::default(),
+        }
+    }
+
     /// Connects with extra request headers.
     pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Self> {
         let mut req = url.into_client_request()?;
@@ -44,12 +53,7 @@ impl WsClient {
         let (ws, _) = tokio_tungstenite::connect_async(req)
             .await
             .context("WebSocket handshake")?;
-        Ok(Self {
-            ws,
-            closed: None,
-            frames: Default::default(),
-            presence: Default::default(),
-        })
+        Ok(Self::over(ws))
     }
 
     /// Connects with `?token=` over a socket whose kernel receive buffer is
@@ -73,12 +77,7 @@ impl WsClient {
         let (ws, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
             .await
             .context("WebSocket handshake")?;
-        Ok(Self {
-            ws,
-            closed: None,
-            frames: Default::default(),
-            presence: Default::default(),
-        })
+        Ok(Self::over(ws))
     }
 
     /// The close code received, if the edge closed the connection.

@@ -4,6 +4,8 @@
 use anyhow::{Context as _, Result, bail};
 use herald_protocol::{Room, UserId};
 use herald_publish::Presence;
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
 
 /// Arguments of `herald presence`.
@@ -24,18 +26,21 @@ pub async fn run(file: Option<&Path>, a: PresenceArgs) -> Result<()> {
     let cfg = super::load_config(file)?;
     let client = super::nats_client(&cfg).await?;
     let presence = Presence::new(client, cfg.presence.bucket.clone());
+    // Built whole, then written once: a reader that goes away (`| head`) is
+    // not an error.
+    let mut out = String::new();
     match (a.room, a.user) {
         (Some(room), None) => {
             let room = Room::parse(&room).with_context(|| format!("room `{room}`"))?;
             let members = presence.members(&room).await?;
             if a.json {
                 let v = serde_json::json!({ "room": room.as_str(), "users": members });
-                println!("{v}");
+                writeln!(out, "{v}")?;
             } else {
-                println!("{room}: {} user(s) online", members.len());
+                writeln!(out, "{room}: {} user(s) online", members.len())?;
                 for m in &members {
                     let info = m.info.as_ref().map(|i| i.to_string()).unwrap_or_default();
-                    println!("  {}\t{} conn(s)\t{info}", m.user, m.conns);
+                    writeln!(out, "  {}\t{} conn(s)\t{info}", m.user, m.conns)?;
                 }
             }
         }
@@ -55,13 +60,13 @@ pub async fn run(file: Option<&Path>, a: PresenceArgs) -> Result<()> {
                     "conns": conns,
                     "rooms": rooms,
                 });
-                println!("{v}");
+                writeln!(out, "{v}")?;
             } else if conns == 0 {
-                println!("{user} is offline");
+                writeln!(out, "{user} is offline")?;
             } else {
-                println!("{user} is online with {conns} connection(s), in:");
+                writeln!(out, "{user} is online with {conns} connection(s), in:")?;
                 for (r, n) in &rooms {
-                    println!("  {r}\t{n} conn(s)");
+                    writeln!(out, "  {r}\t{n} conn(s)")?;
                 }
             }
         }
@@ -69,5 +74,10 @@ pub async fn run(file: Option<&Path>, a: PresenceArgs) -> Result<()> {
             "give a room (`herald presence channel:42`) or a user (`herald presence --user 6`)"
         ),
     }
-    Ok(())
+    match std::io::stdout().lock().write_all(out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("writing to standard output")
+        }
+        _ => Ok(()),
+    }
 }
