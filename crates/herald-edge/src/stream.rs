@@ -478,27 +478,65 @@ impl StreamReader {
 /// The result of a shared range read.
 pub type SharedRange = Result<std::sync::Arc<(Vec<StoredEvent>, bool)>, String>;
 
-type Key = (String, u64, u64, usize);
+/// Identical reads in flight at once, each made once: the first caller's
+/// future is shared (behind `Shared`) with every caller that asks for the
+/// same key before it completes.
+#[derive(Debug)]
+struct SingleFlight<K, V: Clone> {
+    inflight: std::sync::Mutex<
+        std::collections::HashMap<
+            K,
+            futures::future::Shared<futures::future::BoxFuture<'static, V>>,
+        >,
+    >,
+}
 
-/// Range reads for resumes, shared between concurrent identical requests.
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
+    fn new() -> Self {
+        Self {
+            inflight: Default::default(),
+        }
+    }
+
+    /// Joins the read of `key` in flight, or starts it with `start`.
+    async fn run(
+        &self,
+        key: K,
+        start: impl FnOnce() -> futures::future::BoxFuture<'static, V>,
+        poisoned: V,
+    ) -> V {
+        use futures::FutureExt as _;
+        let fut = {
+            let Ok(mut map) = self.inflight.lock() else {
+                return poisoned;
+            };
+            map.entry(key.clone())
+                .or_insert_with(|| start().shared())
+                .clone()
+        };
+        let out = fut.await;
+        if let Ok(mut map) = self.inflight.lock() {
+            map.remove(&key);
+        }
+        out
+    }
+}
+
+/// Resume reads, shared between concurrent identical requests.
 ///
 /// After an edge restart, thousands of clients reconnect to the survivors at
 /// once and resume the same rooms from the same cursors. Each distinct
-/// `(room, after, upto)` is read from the stream once while it is in flight;
-/// every joiner waiting for it gets the same events (behind an `Arc`, not
-/// copied). Memory is bounded by `catchup.max_events` per distinct read.
+/// `(room, after, upto)` range is read from the stream once while it is in
+/// flight, and so is each "is the cursor's event still stored?" check (a
+/// read from the stream leader, whose API serves one request at a time);
+/// every joiner waiting for it gets the same answer (events behind an `Arc`,
+/// not copied). Memory is bounded by `catchup.max_events` per distinct read.
 #[derive(Debug, Clone)]
 pub struct SharedReads {
     reader: StreamReader,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
-    inflight: std::sync::Arc<
-        std::sync::Mutex<
-            std::collections::HashMap<
-                Key,
-                futures::future::Shared<futures::future::BoxFuture<'static, SharedRange>>,
-            >,
-        >,
-    >,
+    ranges: std::sync::Arc<SingleFlight<(String, u64, u64, usize), SharedRange>>,
+    anchors: std::sync::Arc<SingleFlight<(String, u64), Result<bool, String>>>,
 }
 
 impl SharedReads {
@@ -507,41 +545,55 @@ impl SharedReads {
         Self {
             reader,
             metrics,
-            inflight: Default::default(),
+            ranges: std::sync::Arc::new(SingleFlight::new()),
+            anchors: std::sync::Arc::new(SingleFlight::new()),
         }
     }
 
     /// Like [`StreamReader::range`], joined with an identical read in flight.
     pub async fn range(&self, subject: &str, after: u64, upto: u64, max: usize) -> SharedRange {
         use futures::FutureExt as _;
-        let key: Key = (subject.to_owned(), after, upto, max);
-        let fut = {
-            let Ok(mut map) = self.inflight.lock() else {
-                return Err("shared reads lock poisoned".into());
-            };
-            map.entry(key.clone())
-                .or_insert_with(|| {
-                    self.metrics
-                        .catchup_reads
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let reader = self.reader.clone();
-                    let subject = subject.to_owned();
-                    async move {
-                        reader
-                            .range(&subject, after, upto, max)
-                            .await
-                            .map(std::sync::Arc::new)
-                            .map_err(|e| e.to_string())
-                    }
-                    .boxed()
-                    .shared()
-                })
-                .clone()
+        let key = (subject.to_owned(), after, upto, max);
+        let start = || {
+            self.metrics
+                .catchup_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let reader = self.reader.clone();
+            let subject = subject.to_owned();
+            async move {
+                reader
+                    .range(&subject, after, upto, max)
+                    .await
+                    .map(std::sync::Arc::new)
+                    .map_err(|e| e.to_string())
+            }
+            .boxed()
         };
-        let out = fut.await;
-        if let Ok(mut map) = self.inflight.lock() {
-            map.remove(&key);
-        }
-        out
+        self.ranges
+            .run(key, start, Err("shared reads lock poisoned".into()))
+            .await
+    }
+
+    /// Like [`StreamReader::anchored`], joined with an identical check in flight.
+    pub async fn anchored(&self, subject: &str, seq: u64) -> Result<bool, String> {
+        use futures::FutureExt as _;
+        let start = || {
+            let reader = self.reader.clone();
+            let subject = subject.to_owned();
+            async move {
+                reader
+                    .anchored(&subject, seq)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            .boxed()
+        };
+        self.anchors
+            .run(
+                (subject.to_owned(), seq),
+                start,
+                Err("shared reads lock poisoned".into()),
+            )
+            .await
     }
 }

@@ -330,7 +330,7 @@ impl Conn {
         if since.seq == upto {
             return Ok(none(true));
         }
-        let unavailable = |e: crate::stream::StreamError| {
+        let unavailable = |e: String| {
             Failure::new(
                 ErrorCode::Unavailable,
                 format!("reading missed events: {e}"),
@@ -340,7 +340,9 @@ impl Conn {
         // limits), so if the cursor's own event is still stored, everything
         // after it is too. A cursor of 0 (an empty room) is anchored when the
         // stream never dropped anything from its head.
-        let anchored = reader
+        let anchored = self
+            .edge
+            .reads
             .anchored(&subject, since.seq)
             .await
             .map_err(unavailable)?;
@@ -353,12 +355,7 @@ impl Conn {
             .reads
             .range(&subject, since.seq, upto, max)
             .await
-            .map_err(|e| {
-                Failure::new(
-                    ErrorCode::Unavailable,
-                    format!("reading missed events: {e}"),
-                )
-            })?;
+            .map_err(unavailable)?;
         let (events, truncated) = (&shared.0, shared.1);
         let per_room_limit = self.edge.cfg.stream.max_msgs_per_subject;
         if truncated
