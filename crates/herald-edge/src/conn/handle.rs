@@ -116,7 +116,9 @@ impl ConnHandle {
     /// connection is gone): the caller decides to kill it.
     pub fn try_push(&self, frame: Utf8Bytes) -> bool {
         // Nothing is queued behind a kill: the writer would drop it anyway.
-        !self.0.kill.is_cancelled() && self.0.tx.try_send(Outbound::Frame(frame)).is_ok()
+        // (`killed` is set before the token is cancelled, and reading it is
+        // one atomic load; the token's own check takes a lock.)
+        self.0.killed.get().is_none() && self.0.tx.try_send(Outbound::Frame(frame)).is_ok()
     }
 
     /// Queues a frame, waiting at most `wait` for room (for answers to the

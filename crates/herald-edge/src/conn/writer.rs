@@ -48,11 +48,18 @@ pub async fn run(
     done: CancellationToken,
 ) {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    // Made once, not per loop turn: each `cancelled()` future registers with
+    // the token's waiter list, which a busy writer would otherwise redo for
+    // every batch.
     let kill = handle.kill_token().clone();
+    let killed = kill.cancelled();
+    tokio::pin!(killed);
+    let stopped = done.cancelled();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             biased;
-            _ = kill.cancelled() => {
+            _ = &mut killed => {
                 if let Some(d) = handle.killed() {
                     close_with(&mut sink, d).await;
                 }
@@ -68,11 +75,10 @@ pub async fn run(
                     // taken from the queue after it may come after that hole,
                     // and must not reach the client, whose cursor would then
                     // skip the lost event. The check is ordered after the
-                    // kill, since the router kills before it pushes again.
-                    if kill.is_cancelled() {
-                        if let Some(d) = handle.killed() {
-                            close_with(&mut sink, d).await;
-                        }
+                    // kill, since the router kills before it pushes again
+                    // (`killed()` is one atomic load).
+                    if let Some(d) = handle.killed() {
+                        close_with(&mut sink, d).await;
                         done.cancel();
                         return;
                     }
@@ -106,7 +112,7 @@ pub async fn run(
                     break;
                 }
             }
-            _ = done.cancelled() => {
+            _ = &mut stopped => {
                 // Sends what tungstenite still holds (its reply to the
                 // client's close), briefly: the peer may be gone.
                 let _ = tokio::time::timeout(Duration::from_secs(1), sink.flush()).await;
