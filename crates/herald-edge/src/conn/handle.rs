@@ -7,8 +7,9 @@
 
 use axum::extract::ws::Utf8Bytes;
 use herald_protocol::{CloseCode, Room, UserId};
-use std::sync::{Arc, OnceLock};
-use tokio::sync::mpsc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// A connection id, unique per edge process.
@@ -19,8 +20,10 @@ pub type ConnId = Arc<str>;
 pub enum Outbound {
     /// A text frame (shared bytes: the same event frame goes to every recipient).
     Frame(Utf8Bytes),
-    /// Send `disconnect`, then a close frame, then stop.
-    Close(Disconnect),
+    /// Send `disconnect`, then a close frame, then stop. Boxed so that a queue
+    /// slot is the size of a frame (32 bytes, not 40): tokio's channel
+    /// allocates 32 slots per connection up front.
+    Close(Box<Disconnect>),
 }
 
 /// Why and how a connection is being closed.
@@ -56,11 +59,19 @@ pub enum Command {
     Disconnect(Disconnect),
 }
 
+/// Commands pending for one connection before more are dropped.
+const MAX_PENDING_COMMANDS: usize = 64;
+
 struct Inner {
     id: ConnId,
     user: UserId,
     tx: mpsc::Sender<Outbound>,
-    commands: mpsc::Sender<Command>,
+    /// Pending commands. Commands are rare, so this is a plain queue that
+    /// allocates only when one arrives, not a channel: a tokio mpsc channel
+    /// allocates its first block of 32 slots (plus ~0.5 KiB of channel state)
+    /// up front, about 1.8 KiB for every idle connection.
+    commands: Mutex<VecDeque<Command>>,
+    command_ready: Notify,
     kill: CancellationToken,
     killed: OnceLock<Disconnect>,
 }
@@ -75,31 +86,21 @@ impl std::fmt::Debug for ConnHandle {
     }
 }
 
-/// The receiving ends, owned by the connection's tasks.
-#[derive(Debug)]
-pub struct ConnQueues {
-    /// Frames for the writer.
-    pub outbound: mpsc::Receiver<Outbound>,
-    /// Commands for the connection task.
-    pub commands: mpsc::Receiver<Command>,
-}
-
 impl ConnHandle {
-    /// Creates a handle with an outbound queue of `capacity` frames.
-    pub fn new(id: ConnId, user: UserId, capacity: usize) -> (Self, ConnQueues) {
+    /// Creates a handle with an outbound queue of `capacity` frames; the
+    /// receiving end is the writer's.
+    pub fn new(id: ConnId, user: UserId, capacity: usize) -> (Self, mpsc::Receiver<Outbound>) {
         let (tx, outbound) = mpsc::channel(capacity);
-        // Commands are rare (service-driven); 64 pending ones per connection is
-        // plenty, and a full channel drops the command with a warning.
-        let (ctx, commands) = mpsc::channel(64);
         let h = Self(Arc::new(Inner {
             id,
             user,
             tx,
-            commands: ctx,
+            commands: Mutex::new(VecDeque::new()),
+            command_ready: Notify::new(),
             kill: CancellationToken::new(),
             killed: OnceLock::new(),
         }));
-        (h, ConnQueues { outbound, commands })
+        (h, outbound)
     }
 
     /// The connection id.
@@ -125,8 +126,36 @@ impl ConnHandle {
     }
 
     /// Passes a command to the connection task (dropped if 64 are pending).
+    /// Commands are rare (service-driven); 64 pending ones per connection is
+    /// plenty, and the caller warns when one is dropped.
     pub fn command(&self, c: Command) -> bool {
-        self.0.commands.try_send(c).is_ok()
+        let Ok(mut q) = self.0.commands.lock() else {
+            return false;
+        };
+        if q.len() >= MAX_PENDING_COMMANDS {
+            return false;
+        }
+        q.push_back(c);
+        drop(q);
+        // Stores a permit if the connection task is not waiting right now.
+        self.0.command_ready.notify_one();
+        true
+    }
+
+    /// Resolves when a command may be waiting (see [`ConnHandle::next_command`]).
+    pub(crate) async fn command_ready(&self) {
+        self.0.command_ready.notified().await;
+    }
+
+    /// Takes the oldest pending command, releasing the queue's memory once it
+    /// is empty.
+    pub(crate) fn next_command(&self) -> Option<Command> {
+        let mut q = self.0.commands.lock().ok()?;
+        let c = q.pop_front();
+        if q.is_empty() && q.capacity() > 0 {
+            *q = VecDeque::new();
+        }
+        c
     }
 
     /// Closes the connection at once, skipping whatever is queued. The first
