@@ -90,7 +90,7 @@ async fn admit(
     edge: &Edge,
     stream: &mut futures::stream::SplitStream<WebSocket>,
     up: Upgrade,
-) -> Result<(Session, ConnHandle, tokio::sync::mpsc::Receiver<Outbound>), Disconnect> {
+) -> Result<(Session, ConnHandle, handle::OutboundRx), Disconnect> {
     if !up.origin_ok {
         edge.metrics.auth_failure("origin");
         return Err(Disconnect::new(CloseCode::POLICY, "origin not allowed"));
