@@ -38,6 +38,14 @@ const CLIENT_JS: &str = include_str!("herald.js");
 /// 431. Tokens are at most 8 KiB; this leaves room for cookies.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
+/// Capacity of each connection's WebSocket read buffer. tungstenite's default
+/// is 128 KiB, allocated and zero-filled at the first read: 128 KiB resident
+/// for every connection, idle or not (and a 128 KiB memset per read). Clients
+/// send small frames (requests, pongs) at a limited rate; a bigger frame still
+/// arrives whole (the buffer grows to fit it), in reads of this size. Measured
+/// in docs/PERFORMANCE-NOTES.md.
+pub const READ_BUFFER_BYTES: usize = 1024;
+
 /// Accepts TCP connections and serves HTTP/1.1 with upgrades on each until
 /// `shutdown`, then waits (up to `drain`) for in-flight plain requests.
 async fn accept_loop(
@@ -140,6 +148,7 @@ async fn ws(
     };
     let max = edge.cfg.limits.max_frame_bytes;
     upgrade
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| conn::run(edge, socket, up))

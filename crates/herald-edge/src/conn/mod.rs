@@ -16,7 +16,7 @@ use crate::auth::{Session, TokenSource};
 use crate::edge::Edge;
 use axum::extract::ws::{Message, WebSocket};
 use futures::StreamExt as _;
-use handle::{Command, ConnHandle, ConnQueues, Disconnect, Outbound};
+use handle::{Command, ConnHandle, Disconnect, Outbound};
 use herald_protocol::frame::ServerFrame;
 use herald_protocol::subject::LifecycleEvent;
 use herald_protocol::{CloseCode, Room};
@@ -90,7 +90,7 @@ async fn admit(
     edge: &Edge,
     stream: &mut futures::stream::SplitStream<WebSocket>,
     up: Upgrade,
-) -> Result<(Session, ConnHandle, ConnQueues), Disconnect> {
+) -> Result<(Session, ConnHandle, handle::OutboundRx), Disconnect> {
     if !up.origin_ok {
         edge.metrics.auth_failure("origin");
         return Err(Disconnect::new(CloseCode::POLICY, "origin not allowed"));
@@ -103,7 +103,7 @@ async fn admit(
             "edge is full: try again later",
         ));
     }
-    let (handle, queues) = ConnHandle::new(
+    let (handle, outbound) = ConnHandle::new(
         edge.new_conn_id(),
         session.user.clone(),
         edge.cfg.limits.outbound_queue,
@@ -120,27 +120,26 @@ async fn admit(
             format!("too many connections for this user (limit {limit})"),
         ));
     }
-    Ok((session, handle, queues))
+    Ok((session, handle, outbound))
 }
 
 /// Serves one upgraded socket until it closes.
+///
+/// This future is every connection's resident state, and its size is that of
+/// its largest state: everything awaited other than the main loop's branches
+/// (authentication, requests, commands, the close sequence) is boxed, so it
+/// costs memory only while it runs. That took the future from 4.3 KiB to 2.8
+/// KiB (docs/PERFORMANCE-NOTES.md).
 pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
     let _tracked = edge.tracker.token();
     let (mut sink, mut stream) = socket.split();
-    let (
-        session,
-        handle,
-        ConnQueues {
-            outbound,
-            mut commands,
-        },
-    ) = match admit(&edge, &mut stream, up).await {
+    let (session, handle, outbound) = match Box::pin(admit(&edge, &mut stream, up)).await {
         Ok(admitted) => admitted,
         Err(d) => {
             tracing::info!(code = d.code.0, reason = %d.reason, "connection refused");
             edge.metrics.close(d.code.0);
-            writer::close_with(&mut sink, &d).await;
-            linger(&mut stream).await;
+            Box::pin(writer::close_with(&mut sink, &d)).await;
+            Box::pin(linger(&mut stream)).await;
             return;
         }
     };
@@ -167,7 +166,7 @@ pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
         inflight: JoinSet::new(),
     };
     tracing::debug!(conn = %handle.id(), user = %handle.user(), "connected");
-    conn.lifecycle(LifecycleEvent::ConnOpen, None).await;
+    Box::pin(conn.lifecycle(LifecycleEvent::ConnOpen, None)).await;
     let welcome = ServerFrame::Welcome {
         conn: handle.id(),
         user: conn.session.user.as_str(),
@@ -175,8 +174,8 @@ pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
         ping_ms: edge.cfg.timeouts.ping_ms,
     }
     .encode();
-    conn.send(welcome).await;
-    conn.auto_join().await;
+    Box::pin(conn.send(welcome)).await;
+    Box::pin(conn.auto_join()).await;
 
     let idle = edge.cfg.idle_timeout();
     let mut idle_at = Instant::now() + idle;
@@ -197,9 +196,16 @@ pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
             _ = tokio::time::sleep_until(idle_at) => {
                 break Some(Disconnect::new(CloseCode::GOING_AWAY, "idle timeout: nothing received from the client"));
             }
-            Some(cmd) = commands.recv() => {
-                if let Some(d) = conn.on_command(cmd).await {
-                    break Some(d);
+            _ = handle.command_ready() => {
+                let mut stop = None;
+                while let Some(cmd) = handle.next_command() {
+                    stop = Box::pin(conn.on_command(cmd)).await;
+                    if stop.is_some() {
+                        break;
+                    }
+                }
+                if stop.is_some() {
+                    break stop;
                 }
             }
             Some(_) = conn.inflight.join_next(), if !conn.inflight.is_empty() => {}
@@ -224,12 +230,12 @@ pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
                         break None;
                     }
                     Some(Ok(Message::Text(t))) => {
-                        if let Some(d) = conn.on_text(t.as_str()).await {
+                        if let Some(d) = Box::pin(conn.on_text(t.as_str())).await {
                             break Some(d);
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        if let Some(d) = conn.on_binary().await {
+                        if let Some(d) = Box::pin(conn.on_binary()).await {
                             break Some(d);
                         }
                     }
@@ -249,9 +255,11 @@ pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
         edge.metrics.close(d.code.0);
         tracing::debug!(conn = %handle.id(), code = d.code.0, reason = %d.reason, "closing");
         // Queued frames go out first, then the disconnect and close frames.
-        if !handle
-            .push(Outbound::Close(d.clone()), edge.cfg.reply_enqueue())
-            .await
+        if !Box::pin(handle.push(
+            Outbound::Close(Box::new(d.clone())),
+            edge.cfg.reply_enqueue(),
+        ))
+        .await
         {
             handle.kill(d.clone());
         }
@@ -262,11 +270,11 @@ pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
     for room in conn.rooms.keys() {
         edge.router.leave(handle.id(), room);
         edge.presence.exit(room, handle.user());
-        conn.lifecycle(LifecycleEvent::RoomLeave, Some(room)).await;
+        Box::pin(conn.lifecycle(LifecycleEvent::RoomLeave, Some(room))).await;
     }
     edge.registry.unregister(&handle);
     edge.metrics.connections.fetch_sub(1, Relaxed);
-    conn.lifecycle(LifecycleEvent::ConnClose, None).await;
+    Box::pin(conn.lifecycle(LifecycleEvent::ConnClose, None)).await;
     if tokio::time::timeout(edge.cfg.drain_timeout(), &mut writer_task)
         .await
         .is_err()
@@ -274,7 +282,7 @@ pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
         writer_task.abort();
     }
     if closing.is_some() || handle.killed().is_some() {
-        linger(&mut stream).await;
+        Box::pin(linger(&mut stream)).await;
     }
     done.cancel();
 }

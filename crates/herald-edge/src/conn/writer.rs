@@ -6,13 +6,12 @@
 //! once when the connection is killed (a slow consumer's queue is not flushed:
 //! it is the problem).
 
-use super::handle::{ConnHandle, Disconnect, Outbound};
+use super::handle::{ConnHandle, Disconnect, Outbound, OutboundRx};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::SinkExt as _;
 use futures::stream::SplitSink;
 use herald_protocol::frame::ServerFrame;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Frames written before one flush; bounds the latency a burst adds.
@@ -42,7 +41,7 @@ pub async fn close_with(sink: &mut SplitSink<WebSocket, Message>, d: &Disconnect
 /// `done` is cancelled on exit so that the reader stops too.
 pub async fn run(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
+    rx: OutboundRx,
     handle: ConnHandle,
     ping_every: Duration,
     done: CancellationToken,
@@ -65,9 +64,8 @@ pub async fn run(
                 }
                 break;
             }
-            out = rx.recv() => {
-                let Some(out) = out else { break };
-                let mut next = Some(out);
+            _ = rx.readable() => {
+                let mut next = rx.try_recv();
                 let mut n = 0;
                 let mut closing = None;
                 while let Some(out) = next.take() {
@@ -96,11 +94,16 @@ pub async fn run(
                     }
                     n += 1;
                     if n < MAX_BATCH {
-                        next = rx.try_recv().ok();
+                        next = rx.try_recv();
                     }
                 }
                 if sink.flush().await.is_err() {
                     break;
+                }
+                if closing.is_none() && rx.has_pending() {
+                    // A full batch: come back for the rest (after the checks
+                    // above it in this loop).
+                    rx.notify_self();
                 }
                 if let Some(d) = closing {
                     close_with(&mut sink, &d).await;
