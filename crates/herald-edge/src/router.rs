@@ -358,7 +358,7 @@ impl Router {
         };
         self.metrics.nats_subscriptions.fetch_add(1, Relaxed);
         let init = tokio::select! {
-            r = Box::pin(self.reader.last_seq(&state.stored_subject)) => r,
+            r = Box::pin(self.reader.last_seq_direct(&state.stored_subject)) => r,
             _ = state.cancel.cancelled() => Ok(0),
         };
         match init {

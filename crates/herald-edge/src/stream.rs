@@ -333,6 +333,40 @@ impl StreamReader {
         }
     }
 
+    /// The last sequence stored on `subject` (0 if none), by Direct Get.
+    ///
+    /// Any replica may answer, so in a cluster the answer may be behind the
+    /// leader by what that replica has not applied yet, never ahead. That is
+    /// safe where a low answer only means more events are delivered: a room
+    /// starting on this edge subscribes first, then reads this, and the next
+    /// event's `Nats-Last-Sequence` reveals anything between the two, which the
+    /// gap fill delivers. It keeps every first join of a room (each user's
+    /// own room, at every connect) off the leader's API, which answers one
+    /// request at a time and timed out under a connect storm.
+    pub async fn last_seq_direct(&self, subject: &str) -> Result<u64, StreamError> {
+        let body = serde_json::json!({ "last_by_subj": subject });
+        let req = self
+            .client
+            .request(self.api_subject.clone(), body.to_string().into());
+        let msg = tokio::time::timeout(self.timeout, req)
+            .await
+            .map_err(|_| StreamError::Timeout("direct get of a room's last event"))?
+            .map_err(|e| api("direct get of a room's last event", e))?;
+        match msg.status {
+            Some(async_nats::StatusCode::NOT_FOUND) => Ok(0),
+            Some(s) if s != async_nats::StatusCode::OK => Err(api(
+                "direct get of a room's last event",
+                format!("status {s}: {:?}", msg.description),
+            )),
+            _ => header_u64(msg.headers.as_ref(), headers::NATS_SEQUENCE).ok_or_else(|| {
+                api(
+                    "direct get of a room's last event",
+                    "the answer has no Nats-Sequence header",
+                )
+            }),
+        }
+    }
+
     /// The last sequence stored on `subject` (0 if none), from the leader.
     pub async fn last_seq(&self, subject: &str) -> Result<u64, StreamError> {
         Ok(self
