@@ -299,6 +299,8 @@ impl ConnHandle {
     pub fn kill(&self, d: Disconnect) {
         let _ = self.0.killed.set(d);
         self.0.kill.cancel();
+        // The writer waits on its queue, and looks at `killed` when it wakes.
+        self.0.queue.readable.notify_one();
     }
 
     /// Why the connection was killed, if it was.

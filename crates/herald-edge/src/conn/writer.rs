@@ -47,23 +47,21 @@ pub async fn run(
     done: CancellationToken,
 ) {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    // Made once, not per loop turn: each `cancelled()` future registers with
-    // the token's waiter list, which a busy writer would otherwise redo for
-    // every batch.
-    let kill = handle.kill_token().clone();
-    let killed = kill.cancelled();
-    tokio::pin!(killed);
+    // Made once, not per loop turn: a `cancelled()` future registers with the
+    // token's waiter list. It is polled only when nothing else is ready.
     let stopped = done.cancelled();
     tokio::pin!(stopped);
     loop {
+        // A kill wakes the writer through the queue's `readable` (see
+        // `ConnHandle::kill`), and is checked here with one atomic load: a
+        // cancellation future polled first on every wake-up would take the
+        // token's lock once per delivered frame.
+        if let Some(d) = handle.killed() {
+            close_with(&mut sink, d).await;
+            break;
+        }
         tokio::select! {
             biased;
-            _ = &mut killed => {
-                if let Some(d) = handle.killed() {
-                    close_with(&mut sink, d).await;
-                }
-                break;
-            }
             _ = rx.readable() => {
                 let mut next = rx.try_recv();
                 let mut n = 0;
