@@ -47,6 +47,9 @@ pub struct BenchArgs {
     /// Publishing time of each step, seconds.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
+    /// Unmeasured warm-up before the first step, seconds, at the first rate (lets JITs and allocators settle; 0 to skip).
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
     /// After the last publish, how long to wait for missing events before counting them lost, seconds.
     #[arg(long, default_value_t = 10.0)]
     pub drain: f64,
@@ -285,17 +288,19 @@ async fn run_target(kind: TargetKind, args: &BenchArgs) -> Result<TargetReport> 
 
     let mut publisher = Publisher::connect(&running).await?;
     let mut seq = 0u64;
+    if args.warmup > 0.0 {
+        let (w, p, r) = (&mut workers, &mut publisher, &running);
+        let warm = run_step(w, p, r, &plan, args, args.rate[0], args.warmup, &mut seq).await?;
+        tracing::info!(
+            target = kind.name(),
+            good = warm.good,
+            verdict = warm.verdict,
+            "warm-up done (not reported)"
+        );
+    }
     for &rate in &args.rate {
-        let step = run_step(
-            &mut workers,
-            &mut publisher,
-            &running,
-            &plan,
-            args,
-            rate,
-            &mut seq,
-        )
-        .await?;
+        let (w, p, r) = (&mut workers, &mut publisher, &running);
+        let step = run_step(w, p, r, &plan, args, rate, args.duration, &mut seq).await?;
         tracing::info!(
             target = kind.name(),
             rate,
@@ -331,6 +336,7 @@ async fn run_step(
     plan: &Plan,
     args: &BenchArgs,
     rate: u64,
+    duration_s: f64,
     seq: &mut u64,
 ) -> Result<Step> {
     let from = *seq;
@@ -348,7 +354,7 @@ async fn run_step(
     let sampler = RssSampler::start(procs.clone());
     let start_ns = crate::payload::now_ns();
     let start = Instant::now();
-    let duration = Duration::from_secs_f64(args.duration);
+    let duration = Duration::from_secs_f64(duration_s);
 
     // Pacing: every millisecond, publish what is due by now, then flush once.
     let mut tick = tokio::time::interval(Duration::from_millis(1));
