@@ -12,7 +12,7 @@
 
 use crate::procstat::{self, RssSampler};
 use crate::protocol::{FromWorker, PhaseReport, ToWorker, WorkerConfig};
-use crate::report::{Idle, Percentiles, RunReport, Step, TargetReport};
+use crate::report::{Churn, Idle, Percentiles, RunReport, Step, Storm, TargetReport};
 use crate::scenarios::{Plan, Scenario};
 use crate::targets::{self, Publisher, Running, StartOpts, TargetKind};
 use crate::worker::histogram;
@@ -65,6 +65,15 @@ pub struct BenchArgs {
     /// How long idle connections are held before memory is read (idle scenario), seconds.
     #[arg(long, default_value_t = 5.0)]
     pub idle_secs: f64,
+    /// Connections opened (and closed) per second in total (churn scenario).
+    #[arg(long, default_value_t = 200.0)]
+    pub churn_rate: f64,
+    /// Events published while the clients are away (reconnect-storm scenario).
+    #[arg(long, default_value_t = 100)]
+    pub missed: u64,
+    /// How long the reconnected clients get to receive every missed event (reconnect-storm), seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub storm_timeout: f64,
     /// WebSocket handshakes in flight at once, per worker.
     #[arg(long, default_value_t = 200)]
     pub connect_concurrency: usize,
@@ -135,7 +144,7 @@ pub async fn run(targets: &[TargetKind], args: &BenchArgs) -> Result<RunReport> 
 
 /// One worker process and its pipes.
 struct Worker {
-    _child: Child,
+    child: Child,
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
 }
@@ -185,7 +194,7 @@ async fn spawn_workers(running: &Running, args: &BenchArgs, plan: &Plan) -> Resu
         let stdin = child.stdin.take().context("worker stdin")?;
         let stdout = child.stdout.take().context("worker stdout")?;
         let mut worker = Worker {
-            _child: child,
+            child,
             stdin,
             lines: BufReader::new(stdout).lines(),
         };
@@ -214,6 +223,14 @@ async fn run_target(kind: TargetKind, args: &BenchArgs) -> Result<TargetReport> 
         socketio_server: args.socketio_server.clone(),
         log_dir: args.out_dir.join("logs"),
     };
+    if args.scenario == Scenario::ReconnectStorm && kind != TargetKind::Herald {
+        let mut report = TargetReport {
+            target: kind.name().into(),
+            ..TargetReport::default()
+        };
+        unreachable_storm(&mut report);
+        return Ok(report);
+    }
     let mut running = targets::start(kind, &opts).await?;
     let procs = running.procs();
     let plan = args.scenario.plan(args.conns, args.shared_rooms);
@@ -266,6 +283,20 @@ async fn run_target(kind: TargetKind, args: &BenchArgs) -> Result<TargetReport> 
     }
     running.check_alive()?;
 
+    if args.scenario == Scenario::ReconnectStorm && kind != TargetKind::Herald {
+        // Checked before anything starts, see scenarios/storm.rs.
+        unreachable_storm(&mut report);
+        return Ok(report);
+    }
+    if args.scenario == Scenario::Churn {
+        report.churn = Some(churn(&mut workers, &running, args).await?);
+        return Ok(report);
+    }
+    if args.scenario == Scenario::ReconnectStorm {
+        let mut publisher = Publisher::connect(&running).await?;
+        report.storm = Some(storm(&mut workers, &mut publisher, &running, &plan, args).await?);
+        return Ok(report);
+    }
     if args.scenario == Scenario::Idle {
         tokio::time::sleep(Duration::from_secs_f64(args.idle_secs)).await;
         let rss_after = procstat::total_rss(&procs);
@@ -351,6 +382,18 @@ async fn run_step(
     }
     let procs = running.procs();
     let cpu0 = procstat::cpu_snapshot(&procs);
+    // The bench's own CPU (workers and this process), to show when the client,
+    // not the server, is what runs out of CPU.
+    let bench: Vec<procstat::Proc> = workers
+        .iter()
+        .filter_map(|w| w.child.id())
+        .chain([std::process::id()])
+        .map(|pid| procstat::Proc {
+            name: "bench".into(),
+            pid,
+        })
+        .collect();
+    let bench0: f64 = procstat::cpu_snapshot(&bench).iter().sum();
     let sampler = RssSampler::start(procs.clone());
     let start_ns = crate::payload::now_ns();
     let start = Instant::now();
@@ -402,7 +445,10 @@ async fn run_step(
         }
     }
     let cpu1 = procstat::cpu_snapshot(&procs);
-    let wall = (total.last_recv_ns.max(start_ns + 1) - start_ns) as f64 / 1e9;
+    let bench_cpu_s = procstat::cpu_snapshot(&bench).iter().sum::<f64>() - bench0;
+    // From the first publish to the last receipt (at least the publishing time).
+    let publish_end_ns = start_ns + (publish_secs * 1e9) as u64;
+    let wall = (total.last_recv_ns.max(publish_end_ns) - start_ns) as f64 / 1e9;
     let cpu_by_proc: Vec<(String, f64)> = procs
         .iter()
         .zip(cpu0.iter().zip(&cpu1))
@@ -453,9 +499,170 @@ async fn run_step(
         cpu_s,
         cpu_pct: 100.0 * cpu_s / wall,
         cpu_by_proc,
+        bench_cpu_pct: 100.0 * bench_cpu_s / wall,
         rss_peak: sampler.peak(),
         rss_final: procstat::total_rss(&procs),
         good: why.is_empty(),
         verdict: why.join(", "),
+    })
+}
+
+/// Marks a target to which the reconnect storm does not apply.
+fn unreachable_storm(report: &mut TargetReport) {
+    report.note = Some("n/a: no cursor resume (keeps no history to replay)".into());
+}
+
+/// Server CPU and peak memory over one measured stretch.
+struct Meter {
+    procs: Vec<procstat::Proc>,
+    cpu0: Vec<f64>,
+    sampler: RssSampler,
+    start: Instant,
+}
+
+impl Meter {
+    fn start(running: &Running) -> Self {
+        let procs = running.procs();
+        Self {
+            cpu0: procstat::cpu_snapshot(&procs),
+            sampler: RssSampler::start(procs.clone()),
+            procs,
+            start: Instant::now(),
+        }
+    }
+
+    /// (CPU seconds, percent of a core, peak RSS, final RSS).
+    fn stop(self) -> (f64, f64, u64, u64) {
+        let cpu1 = procstat::cpu_snapshot(&self.procs);
+        let cpu: f64 = cpu1.iter().zip(&self.cpu0).map(|(b, a)| b - a).sum();
+        let wall = self.start.elapsed().as_secs_f64().max(1e-9);
+        (
+            cpu,
+            100.0 * cpu / wall,
+            self.sampler.peak(),
+            procstat::total_rss(&self.procs),
+        )
+    }
+}
+
+async fn churn(workers: &mut [Worker], running: &Running, args: &BenchArgs) -> Result<Churn> {
+    let meter = Meter::start(running);
+    let per_worker = args.churn_rate / workers.len() as f64;
+    let duration_ms = (args.duration * 1000.0) as u64;
+    for (i, w) in workers.iter_mut().enumerate() {
+        let first_id =
+            crate::scenarios::churn::FIRST_ID + i * crate::scenarios::churn::IDS_PER_WORKER;
+        w.send(&ToWorker::Churn {
+            rate: per_worker,
+            duration_ms,
+            first_id,
+        })
+        .await?;
+    }
+    let (mut ok, mut failed, mut errors) = (0, 0, Vec::new());
+    let mut hist = histogram();
+    for w in workers.iter_mut() {
+        match w.recv().await? {
+            FromWorker::Churned {
+                ok: o,
+                failed: f,
+                errors: e,
+                connect_us,
+            } => {
+                ok += o;
+                failed += f;
+                errors.extend(e);
+                for (v, c) in connect_us {
+                    hist.saturating_record_n(v, c);
+                }
+            }
+            other => bail!("unexpected worker message {other:?}"),
+        }
+    }
+    let elapsed = meter.start.elapsed().as_secs_f64();
+    let (cpu_s, cpu_pct, rss_peak, rss_final) = meter.stop();
+    errors.truncate(5);
+    Ok(Churn {
+        rate: args.churn_rate,
+        duration_s: args.duration,
+        ok,
+        failed,
+        connects_per_s: ok as f64 / elapsed,
+        connect_ms: Percentiles::of(&hist),
+        cpu_s,
+        cpu_pct,
+        rss_peak,
+        rss_final,
+        errors,
+    })
+}
+
+async fn storm(
+    workers: &mut [Worker],
+    publisher: &mut Publisher,
+    running: &Running,
+    plan: &Plan,
+    args: &BenchArgs,
+) -> Result<Storm> {
+    for w in workers.iter_mut() {
+        w.send(&ToWorker::Drop).await?;
+    }
+    for w in workers.iter_mut() {
+        match w.recv().await? {
+            FromWorker::Dropped => {}
+            other => bail!("unexpected worker message {other:?}"),
+        }
+    }
+    tracing::info!(missed = args.missed, "all clients dropped; publishing");
+    for seq in 0..args.missed {
+        let payload = crate::payload::encode(seq, crate::payload::now_ns(), args.size);
+        publisher.publish(&plan.room_of_event(seq), payload).await?;
+    }
+    let publish_failed = publisher.settle().await?;
+    if publish_failed > 0 {
+        bail!("{publish_failed} of the missed events were not acknowledged");
+    }
+    let meter = Meter::start(running);
+    let timeout_ms = (args.storm_timeout * 1000.0) as u64;
+    for w in workers.iter_mut() {
+        w.send(&ToWorker::Resume {
+            from: 0,
+            to: args.missed,
+            timeout_ms,
+        })
+        .await?;
+    }
+    let mut total = PhaseReport::default();
+    for w in workers.iter_mut() {
+        match w.recv().await? {
+            FromWorker::Phase(r) => {
+                total.deliveries += r.deliveries;
+                total.expected += r.expected;
+                total.lost += r.lost;
+                total.duplicates += r.duplicates;
+                total.failed += r.failed;
+                total.errors.extend(r.errors);
+            }
+            other => bail!("unexpected worker message {other:?}"),
+        }
+    }
+    let catchup_s = meter.start.elapsed().as_secs_f64();
+    let (cpu_s, cpu_pct, rss_peak, rss_final) = meter.stop();
+    total.errors.truncate(5);
+    Ok(Storm {
+        clients: args.conns,
+        missed: args.missed,
+        expected: total.expected,
+        deliveries: total.deliveries,
+        lost: total.lost,
+        duplicates: total.duplicates,
+        failed: total.failed,
+        complete: total.lost == 0 && total.failed == 0,
+        catchup_s,
+        cpu_s,
+        cpu_pct,
+        rss_peak,
+        rss_final,
+        errors: total.errors,
     })
 }

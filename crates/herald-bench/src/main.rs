@@ -132,8 +132,17 @@ fn check_report(report: &report::RunReport) -> Result<()> {
             continue;
         }
         let delivered: u64 = t.steps.iter().map(|s| s.deliveries).sum();
-        if delivered == 0 && t.idle.is_none() {
+        let streams = matches!(report.scenario.as_str(), "broadcast" | "targeted");
+        if streams && delivered == 0 {
             problems.push(format!("{} delivered nothing", t.target));
+        }
+        if let Some(s) = &t.storm
+            && !s.complete
+        {
+            problems.push(format!(
+                "{}: reconnect storm incomplete ({} lost, {} failed)",
+                t.target, s.lost, s.failed
+            ));
         }
         if t.target == "herald" {
             for s in &t.steps {

@@ -12,6 +12,9 @@
 //!                                       expected seq < to (or the drain timeout)
 //!                 ◄──────────────────   Phase (histogram, lost, duplicates…)
 //!   Sample        ──────────────────►   (idle) reports how many are still open
+//!   Drop / Resume ──────────────────►   (reconnect storm) close all; reconnect
+//!                                       with cursors and report once caught up
+//!   Churn         ──────────────────►   open+join+close at a rate; Churned
 //!   stdin closed  ──────────────────►   closes everything and exits
 //! ```
 //!
@@ -62,6 +65,27 @@ pub enum ToWorker {
     },
     /// Report how many connections are still open.
     Sample,
+    /// Close every connection (reconnect storm); answer `Dropped` when all are closed.
+    Drop,
+    /// Reconnect every connection from its saved cursor, then report the phase
+    /// `[from, to)` once complete or after `timeout_ms`.
+    Resume {
+        /// First sequence published while the connections were away.
+        from: u64,
+        /// One past the last.
+        to: u64,
+        /// How long to wait for everything missed.
+        timeout_ms: u64,
+    },
+    /// Open and close connections at `rate` per second for `duration_ms`.
+    Churn {
+        /// Connections per second from this worker.
+        rate: f64,
+        /// How long.
+        duration_ms: u64,
+        /// First connection (and user) id to use; ids are never reused.
+        first_id: usize,
+    },
 }
 
 /// Worker → coordinator.
@@ -88,6 +112,19 @@ pub enum FromWorker {
         /// Connections still open.
         open: usize,
     },
+    /// Every connection is closed.
+    Dropped,
+    /// Results of [`ToWorker::Churn`].
+    Churned {
+        /// Connections that joined (then closed).
+        ok: usize,
+        /// Connections that failed.
+        failed: usize,
+        /// The first few failures.
+        errors: Vec<String>,
+        /// Connect-to-joined latency, microseconds, as (value, count).
+        connect_us: Vec<(u64, u64)>,
+    },
 }
 
 /// One worker's results for one phase.
@@ -111,4 +148,8 @@ pub struct PhaseReport {
     pub last_recv_ns: u64,
     /// End-to-end latency, microseconds, as (value, count).
     pub latency_us: Vec<(u64, u64)>,
+    /// Reconnections that failed (reconnect storm).
+    pub failed: usize,
+    /// The first few of their errors.
+    pub errors: Vec<String>,
 }

@@ -72,6 +72,8 @@ pub struct Step {
     pub cpu_pct: f64,
     /// CPU seconds per process.
     pub cpu_by_proc: Vec<(String, f64)>,
+    /// CPU of the bench itself (workers + coordinator), percent of one core.
+    pub bench_cpu_pct: f64,
     /// Highest summed resident memory during the step, bytes.
     pub rss_peak: u64,
     /// Summed resident memory at the end, bytes.
@@ -97,6 +99,66 @@ pub struct Idle {
     pub open_after: usize,
 }
 
+/// Churn results.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Churn {
+    /// Asked connects per second.
+    pub rate: f64,
+    /// Churn time, seconds.
+    pub duration_s: f64,
+    /// Connections that joined.
+    pub ok: usize,
+    /// Connections that failed.
+    pub failed: usize,
+    /// Joined connections per second, as achieved.
+    pub connects_per_s: f64,
+    /// Connect-to-joined latency.
+    pub connect_ms: Percentiles,
+    /// Server CPU seconds over the churn.
+    pub cpu_s: f64,
+    /// Same, percent of one core.
+    pub cpu_pct: f64,
+    /// Peak summed RSS, bytes.
+    pub rss_peak: u64,
+    /// Final summed RSS, bytes.
+    pub rss_final: u64,
+    /// The first few failures.
+    pub errors: Vec<String>,
+}
+
+/// Reconnect storm results.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Storm {
+    /// Clients that dropped and came back.
+    pub clients: usize,
+    /// Events published while they were away.
+    pub missed: u64,
+    /// Deliveries expected after the reconnect.
+    pub expected: u64,
+    /// Deliveries received.
+    pub deliveries: u64,
+    /// Expected deliveries that never arrived.
+    pub lost: u64,
+    /// Deliveries of an event a client already had.
+    pub duplicates: u64,
+    /// Reconnections that failed or were not `recovered`.
+    pub failed: usize,
+    /// Every client got every missed event.
+    pub complete: bool,
+    /// From the reconnect order until the last client had everything, seconds.
+    pub catchup_s: f64,
+    /// Server CPU seconds over the storm.
+    pub cpu_s: f64,
+    /// Same, percent of one core.
+    pub cpu_pct: f64,
+    /// Peak summed RSS, bytes.
+    pub rss_peak: u64,
+    /// Final summed RSS, bytes.
+    pub rss_final: u64,
+    /// The first few failures.
+    pub errors: Vec<String>,
+}
+
 /// Everything measured against one target.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TargetReport {
@@ -116,6 +178,12 @@ pub struct TargetReport {
     pub max_sustainable_rate: Option<u64>,
     /// Idle scenario results.
     pub idle: Option<Idle>,
+    /// Churn results.
+    pub churn: Option<Churn>,
+    /// Reconnect storm results.
+    pub storm: Option<Storm>,
+    /// Why the scenario does not apply to this target.
+    pub note: Option<String>,
     /// Why the run against this target stopped, if it failed.
     pub error: Option<String>,
 }
@@ -213,13 +281,15 @@ impl RunReport {
         );
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         if self.targets.iter().any(|t| !t.steps.is_empty()) {
-            o.push_str("| target | rate ev/s | published ev/s | deliveries/s | p50 ms | p99 ms | p99.9 ms | lost | dup | disc. | server CPU s (% of a core) | peak RSS MiB | final RSS MiB | ok |\n");
-            o.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+            o.push_str("| target | rate ev/s | published ev/s | deliveries/s | p50 ms | p99 ms | p99.9 ms | lost | dup | disc. | server CPU s (% of a core) | bench CPU % | peak RSS MiB | final RSS MiB | ok |\n");
+            o.push_str(
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+            );
             for t in &self.targets {
                 for s in &t.steps {
                     let _ = writeln!(
                         o,
-                        "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {:.2} ({:.0} %) | {:.1} | {:.1} | {} |",
+                        "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {:.2} ({:.0} %) | {:.0} | {:.1} | {:.1} | {} |",
                         t.target,
                         s.rate,
                         s.publish_rate,
@@ -232,6 +302,7 @@ impl RunReport {
                         s.disconnected,
                         s.cpu_s,
                         s.cpu_pct,
+                        s.bench_cpu_pct,
                         mib(s.rss_peak),
                         mib(s.rss_final),
                         if s.good {
@@ -287,6 +358,55 @@ impl RunReport {
                         i.bytes_per_conn / 1024.0,
                         i.open_after
                     );
+                }
+            }
+        }
+        if self.targets.iter().any(|t| t.churn.is_some()) {
+            o.push_str("| target | asked conn/s | joined conn/s | failed | connect p50 ms | connect p99 ms | server CPU s (% of a core) | peak RSS MiB |\n");
+            o.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+            for t in &self.targets {
+                if let Some(c) = &t.churn {
+                    let _ = writeln!(
+                        o,
+                        "| {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.2} ({:.0} %) | {:.1} |",
+                        t.target,
+                        c.rate,
+                        c.connects_per_s,
+                        c.failed,
+                        c.connect_ms.p50,
+                        c.connect_ms.p99,
+                        c.cpu_s,
+                        c.cpu_pct,
+                        mib(c.rss_peak)
+                    );
+                }
+            }
+        }
+        if self.scenario == "reconnect-storm" {
+            o.push_str("| target | clients | missed each | caught up in s | lost | dup | failed resumes | server CPU s (% of a core) | peak RSS MiB |\n");
+            o.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            for t in &self.targets {
+                if let Some(s) = &t.storm {
+                    let _ = writeln!(
+                        o,
+                        "| {} | {} | {} | {} | {} | {} | {} | {:.2} ({:.0} %) | {:.1} |",
+                        t.target,
+                        s.clients,
+                        s.missed,
+                        if s.complete {
+                            format!("{:.2}", s.catchup_s)
+                        } else {
+                            format!("incomplete after {:.1}", s.catchup_s)
+                        },
+                        s.lost,
+                        s.duplicates,
+                        s.failed,
+                        s.cpu_s,
+                        s.cpu_pct,
+                        mib(s.rss_peak)
+                    );
+                } else if let Some(n) = &t.note {
+                    let _ = writeln!(o, "| {} | {n} | | | | | | | |", t.target);
                 }
             }
         }

@@ -13,7 +13,7 @@
 
 use crate::protocol::{FromWorker, PhaseReport, ToWorker, WorkerConfig};
 use crate::scenarios::Plan;
-use crate::targets::{self, Frame};
+use crate::targets::{self, Cursor, Frame};
 use anyhow::{Context as _, Result};
 use futures::{SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
@@ -22,6 +22,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 /// Largest latency recorded: one hour, in microseconds.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
@@ -47,6 +48,8 @@ struct Conn {
     /// Distinct expected events received this phase.
     got: u64,
     open: bool,
+    /// Where the connection was at its first join (Herald), for resuming.
+    cursor: Option<Cursor>,
 }
 
 struct State {
@@ -141,83 +144,226 @@ pub async fn run() -> Result<()> {
     local.run_until(drive(cfg, state, &mut lines)).await
 }
 
+/// What a worker's tasks share.
+struct Ctx {
+    cfg: WorkerConfig,
+    state: Rc<RefCell<State>>,
+    /// Bounds handshakes in flight.
+    gate: Semaphore,
+}
+
+/// Outcome of one connection attempt: time to joined, or why it failed.
+type Outcome = Result<Duration, String>;
+
+/// Counts of a batch of connection attempts.
+struct Opened {
+    joined: usize,
+    failed: usize,
+    errors: Vec<String>,
+    connect: Histogram<u64>,
+}
+
+impl Opened {
+    async fn collect(mut rx: tokio::sync::mpsc::Receiver<Outcome>) -> Self {
+        let mut o = Opened {
+            joined: 0,
+            failed: 0,
+            errors: Vec::new(),
+            connect: histogram(),
+        };
+        while let Some(r) = rx.recv().await {
+            match r {
+                Ok(d) => {
+                    o.joined += 1;
+                    o.connect
+                        .saturating_record(u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1));
+                }
+                Err(e) => {
+                    o.failed += 1;
+                    if o.errors.len() < 5 {
+                        o.errors.push(e);
+                    }
+                }
+            }
+        }
+        o
+    }
+}
+
+/// Opens every connection of this worker (resuming from the saved cursors when
+/// `resume`), and returns once every attempt has finished.
+async fn open_all(ctx: &Rc<Ctx>, cancel: &CancellationToken, resume: bool) -> Opened {
+    // One message per attempt, so the channel never fills.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Outcome>(ctx.cfg.conns.max(1));
+    for local in 0..ctx.cfg.conns {
+        let since = if resume {
+            ctx.state.borrow().conns[local].cursor.clone()
+        } else {
+            None
+        };
+        tokio::task::spawn_local(hold(ctx.clone(), local, since, cancel.clone(), tx.clone()));
+    }
+    drop(tx);
+    Opened::collect(rx).await
+}
+
+/// One subscriber: connect and join, report the outcome, then read until the
+/// server closes or `cancel` fires.
+async fn hold(
+    ctx: Rc<Ctx>,
+    local: usize,
+    since: Option<Cursor>,
+    cancel: CancellationToken,
+    done: tokio::sync::mpsc::Sender<Outcome>,
+) {
+    let cfg = &ctx.cfg;
+    let global = cfg.first_conn + local;
+    let endpoint = &cfg.endpoints[global % cfg.endpoints.len()];
+    let rooms = cfg.plan.rooms_of(global);
+    let permit = ctx.gate.acquire().await;
+    let t0 = Instant::now();
+    let res = targets::connect(
+        cfg.target,
+        endpoint,
+        global,
+        &rooms,
+        cfg.secret.as_deref(),
+        since.as_ref(),
+    )
+    .await;
+    drop(permit);
+    let joined = match res {
+        Ok(j) => j,
+        Err(e) => {
+            let _ = done.send(Err(format!("conn {global}: {e:#}"))).await;
+            return;
+        }
+    };
+    let (mut ws, mut decoder) = (joined.ws, joined.decoder);
+    {
+        let mut s = ctx.state.borrow_mut();
+        let c = &mut s.conns[local];
+        c.open = true;
+        if since.is_none() {
+            c.cursor = joined.cursor;
+        }
+    }
+    let _ = done.send(Ok(t0.elapsed())).await;
+    drop(done);
+    let mut replies = Vec::new();
+    let state = &ctx.state;
+    let mut record = |seq, t| state.borrow_mut().record(local, seq, t);
+    loop {
+        let msg = tokio::select! {
+            () = cancel.cancelled() => {
+                let _ = ws.close(None).await;
+                break;
+            }
+            m = ws.next() => match m {
+                Some(Ok(m)) => m,
+                _ => break,
+            },
+        };
+        match decoder.on_message(msg, &mut replies, &mut record) {
+            Ok(Frame::None) => {}
+            Ok(Frame::Closed) => break,
+            Err(e) => {
+                tracing::warn!(conn = global, error = %e, "protocol error");
+                break;
+            }
+        }
+        for r in replies.drain(..) {
+            if ws.send(r).await.is_err() {
+                break;
+            }
+        }
+    }
+    ctx.state.borrow_mut().conns[local].open = false;
+}
+
+/// Churn: opens connections at `rate` per second for `duration`, each joining
+/// then closing at once; ids from `first_id` up (fresh users, fresh tokens).
+async fn churn(ctx: &Rc<Ctx>, rate: f64, duration: Duration, first_id: usize) -> Opened {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Outcome>(1024);
+    let collector = tokio::task::spawn_local(Opened::collect(rx));
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut opened = 0usize;
+    while start.elapsed() < duration {
+        tick.tick().await;
+        let due = (rate * start.elapsed().as_secs_f64()) as usize;
+        while opened < due {
+            let id = first_id + opened;
+            let (ctx, tx) = (ctx.clone(), tx.clone());
+            tokio::task::spawn_local(async move {
+                let cfg = &ctx.cfg;
+                let endpoint = &cfg.endpoints[id % cfg.endpoints.len()];
+                let rooms = cfg.plan.rooms_of(id);
+                let permit = ctx.gate.acquire().await;
+                let t0 = Instant::now();
+                let res = targets::connect(
+                    cfg.target,
+                    endpoint,
+                    id,
+                    &rooms,
+                    cfg.secret.as_deref(),
+                    None,
+                )
+                .await;
+                drop(permit);
+                let outcome = match res {
+                    Ok(mut j) => {
+                        let d = t0.elapsed();
+                        let _ = j.ws.close(None).await;
+                        Ok(d)
+                    }
+                    Err(e) => Err(format!("churn conn {id}: {e:#}")),
+                };
+                // The collector drains continuously; waiting here is brief.
+                let _ = tx.send(outcome).await;
+            });
+            opened += 1;
+        }
+    }
+    drop(tx);
+    match collector.await {
+        Ok(o) => o,
+        Err(e) => Opened {
+            joined: 0,
+            failed: opened,
+            errors: vec![format!("churn collector: {e}")],
+            connect: histogram(),
+        },
+    }
+}
+
 async fn drive(
     cfg: WorkerConfig,
     state: Rc<RefCell<State>>,
     lines: &mut tokio::io::Lines<BufReader<tokio::io::Stdin>>,
 ) -> Result<()> {
     let mut out = tokio::io::stdout();
-    // One message per connection attempt, so the channel never fills.
-    let (done_tx, mut done_rx) =
-        tokio::sync::mpsc::channel::<Result<Duration, String>>(cfg.conns.max(1));
-    let gate = Rc::new(Semaphore::new(cfg.connect_concurrency.max(1)));
-    let cfg = Rc::new(cfg);
-    for local in 0..cfg.conns {
-        let (cfg, state, gate, done) = (cfg.clone(), state.clone(), gate.clone(), done_tx.clone());
-        tokio::task::spawn_local(async move {
-            let global = cfg.first_conn + local;
-            let endpoint = &cfg.endpoints[global % cfg.endpoints.len()];
-            let rooms = cfg.plan.rooms_of(global);
-            let permit = gate.acquire().await;
-            let t0 = Instant::now();
-            let res =
-                targets::connect(cfg.target, endpoint, global, &rooms, cfg.secret.as_deref()).await;
-            drop(permit);
-            let (mut ws, mut decoder) = match res {
-                Ok(x) => x,
-                Err(e) => {
-                    let _ = done.send(Err(format!("conn {global}: {e:#}"))).await;
-                    return;
-                }
-            };
-            state.borrow_mut().conns[local].open = true;
-            let _ = done.send(Ok(t0.elapsed())).await;
-            drop(done);
-            let mut replies = Vec::new();
-            let mut record = |seq, t| state.borrow_mut().record(local, seq, t);
-            while let Some(Ok(msg)) = ws.next().await {
-                match decoder.on_message(msg, &mut replies, &mut record) {
-                    Ok(Frame::None) => {}
-                    Ok(Frame::Closed) => break,
-                    Err(e) => {
-                        tracing::warn!(conn = global, error = %e, "protocol error");
-                        break;
-                    }
-                }
-                for r in replies.drain(..) {
-                    if ws.send(r).await.is_err() {
-                        break;
-                    }
-                }
-            }
-            state.borrow_mut().conns[local].open = false;
-        });
-    }
-    drop(done_tx);
-    let (mut joined, mut failed, mut errors) = (0, 0, Vec::new());
-    let mut connect = histogram();
-    while let Some(r) = done_rx.recv().await {
-        match r {
-            Ok(d) => {
-                joined += 1;
-                connect.saturating_record(u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1));
-            }
-            Err(e) => {
-                failed += 1;
-                if errors.len() < 5 {
-                    errors.push(e);
-                }
-            }
-        }
-    }
-    tracing::info!(worker = cfg.worker, joined, failed, "connections ready");
+    let ctx = Rc::new(Ctx {
+        gate: Semaphore::new(cfg.connect_concurrency.max(1)),
+        cfg,
+        state: state.clone(),
+    });
+    let mut cancel = CancellationToken::new();
+    let o = open_all(&ctx, &cancel, false).await;
+    tracing::info!(
+        worker = ctx.cfg.worker,
+        joined = o.joined,
+        failed = o.failed,
+        "connections ready"
+    );
     send(
         &mut out,
         &FromWorker::Ready {
-            joined,
-            failed,
-            errors,
-            connect_us: to_pairs(&connect),
+            joined: o.joined,
+            failed: o.failed,
+            errors: o.errors,
+            connect_us: to_pairs(&o.connect),
         },
     )
     .await?;
@@ -231,31 +377,72 @@ async fn drive(
                 send(&mut out, &FromWorker::Began).await?;
             }
             ToWorker::End { to, drain_ms } => {
-                let deadline = Instant::now() + Duration::from_millis(drain_ms);
-                // Poll: a delivery is one bit set by a connection task; the check
-                // is cheap next to the deliveries themselves.
-                while state.borrow().missing(to).1 > 0 && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                let report = {
-                    let mut s = state.borrow_mut();
-                    let (expected, lost) = s.missing(to);
-                    let mut r = std::mem::take(&mut s.report);
-                    r.expected = expected;
-                    r.lost = lost;
-                    r.disconnected = s.conns.len() - s.open();
-                    r.latency_us = to_pairs(&s.hist);
-                    r
-                };
+                let report = finish_phase(&state, to, drain_ms).await;
                 send(&mut out, &FromWorker::Phase(report)).await?;
             }
             ToWorker::Sample => {
                 let open = state.borrow().open();
                 send(&mut out, &FromWorker::Open { open }).await?;
             }
+            ToWorker::Drop => {
+                cancel.cancel();
+                while state.borrow().open() > 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                cancel = CancellationToken::new();
+                send(&mut out, &FromWorker::Dropped).await?;
+            }
+            ToWorker::Resume {
+                from,
+                to,
+                timeout_ms,
+            } => {
+                state.borrow_mut().begin(from);
+                let o = open_all(&ctx, &cancel, true).await;
+                let mut report = finish_phase(&state, to, timeout_ms).await;
+                report.failed = o.failed;
+                report.errors = o.errors;
+                send(&mut out, &FromWorker::Phase(report)).await?;
+            }
+            ToWorker::Churn {
+                rate,
+                duration_ms,
+                first_id,
+            } => {
+                let o = churn(&ctx, rate, Duration::from_millis(duration_ms), first_id).await;
+                send(
+                    &mut out,
+                    &FromWorker::Churned {
+                        ok: o.joined,
+                        failed: o.failed,
+                        errors: o.errors,
+                        connect_us: to_pairs(&o.connect),
+                    },
+                )
+                .await?;
+            }
         }
     }
     Ok(())
+}
+
+/// Waits until every connection has every expected event of `[from, to)` or
+/// `wait_ms` passed, then takes the phase's report.
+async fn finish_phase(state: &Rc<RefCell<State>>, to: u64, wait_ms: u64) -> PhaseReport {
+    let deadline = Instant::now() + Duration::from_millis(wait_ms);
+    // Poll: a delivery is one bit set by a connection task; the check is cheap
+    // next to the deliveries themselves.
+    while state.borrow().missing(to).1 > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut s = state.borrow_mut();
+    let (expected, lost) = s.missing(to);
+    let mut r = std::mem::take(&mut s.report);
+    r.expected = expected;
+    r.lost = lost;
+    r.disconnected = s.conns.len() - s.open();
+    r.latency_us = to_pairs(&s.hist);
+    r
 }
 
 async fn send(out: &mut tokio::io::Stdout, msg: &FromWorker) -> Result<()> {

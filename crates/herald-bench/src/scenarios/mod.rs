@@ -7,7 +7,9 @@
 //! (`bench:r0`, `user:u5`) to its own form (a NATS subject, a Socket.IO room).
 
 pub mod broadcast;
+pub mod churn;
 pub mod idle;
+pub mod storm;
 pub mod targeted;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +25,13 @@ pub enum Scenario {
     Targeted,
     /// Connections join and stay idle; measures server memory per connection.
     Idle,
+    /// While C connections are held, more are opened (JWT, join) and closed at
+    /// `--churn-rate` per second; measures connects/s and connect latency.
+    Churn,
+    /// Herald only: C clients joined, all drop, `--missed` events are published
+    /// to the room, all reconnect with `since` cursors; measures the time until
+    /// every client has every missed event.
+    ReconnectStorm,
 }
 
 impl Scenario {
@@ -32,6 +41,8 @@ impl Scenario {
             Scenario::Broadcast => "broadcast",
             Scenario::Targeted => "targeted",
             Scenario::Idle => "idle",
+            Scenario::Churn => "churn",
+            Scenario::ReconnectStorm => "reconnect-storm",
         }
     }
 
@@ -41,6 +52,7 @@ impl Scenario {
             Scenario::Broadcast => broadcast::plan(),
             Scenario::Targeted => targeted::plan(conns, shared_rooms),
             Scenario::Idle => idle::plan(),
+            Scenario::Churn | Scenario::ReconnectStorm => broadcast::plan(),
         }
     }
 }

@@ -9,7 +9,7 @@
 //! pipelined (up to [`MAX_INFLIGHT`] outstanding) so the publisher is never what
 //! is measured.
 
-use super::{Decoder, Running, StartOpts, Ws, next_text, send_text};
+use super::{Cursor, Decoder, Joined, Running, StartOpts, next_text, send_text};
 use crate::children::{ChildGuard, free_port, http_ok, nats_server_bin, wait_for_port};
 use anyhow::{Context as _, Result, bail};
 use futures::StreamExt as _;
@@ -118,13 +118,15 @@ pub fn token(secret: &str, conn: usize) -> Result<String> {
     .context("signing a token")
 }
 
-/// Connects, waits for `welcome`, joins every room but the private `user:` room.
+/// Connects, waits for `welcome`, joins every room but the private `user:` room
+/// (the first one from `since` when given, which must then be `recovered`).
 pub async fn connect(
     endpoint: &str,
     conn: usize,
     rooms: &[String],
     secret: &str,
-) -> Result<(Ws, Decoder)> {
+    since: Option<&Cursor>,
+) -> Result<Joined> {
     let url = format!("{endpoint}/ws?token={}", token(secret, conn)?);
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
         .await
@@ -135,19 +137,39 @@ pub async fn connect(
     }
     let joins: Vec<&String> = rooms.iter().filter(|r| !r.starts_with("user:")).collect();
     for (id, room) in joins.iter().enumerate() {
-        let frame = serde_json::json!({"type": "join", "id": id + 1, "room": room});
+        let mut frame = serde_json::json!({"type": "join", "id": id + 1, "room": room});
+        if let (0, Some(c)) = (id, since) {
+            frame["since"] = serde_json::json!({"epoch": c.epoch, "seq": c.seq});
+        }
         send_text(&mut ws, frame.to_string()).await?;
     }
-    let mut joined = 0;
+    let (mut joined, mut cursor) = (0, None);
     while joined < joins.len() {
         let f = next_text(&mut ws).await?;
         if f.contains(r#""type":"joined""#) {
+            let v: serde_json::Value = serde_json::from_str(&f).context("bad joined frame")?;
+            // The edge announces the private `user:` room with a `joined` of
+            // its own, without an id: only answers to our joins count.
+            let Some(id) = v["id"].as_u64() else { continue };
+            if id == 1 {
+                if since.is_some() && v["recovered"] != true {
+                    bail!("resume not recovered: {f}");
+                }
+                cursor = Some(Cursor {
+                    epoch: v["epoch"].as_str().unwrap_or_default().to_string(),
+                    seq: v["seq"].as_u64().unwrap_or(0),
+                });
+            }
             joined += 1;
         } else if f.contains(r#""type":"error""#) {
             bail!("join refused: {f}");
         }
     }
-    Ok((ws, Decoder::Herald))
+    Ok(Joined {
+        ws,
+        decoder: Decoder::Herald,
+        cursor,
+    })
 }
 
 /// `bench:r0` → `herald.room.bench.r0` (bench room ids are `[A-Za-z0-9]`, so the

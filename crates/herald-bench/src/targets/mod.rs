@@ -239,25 +239,55 @@ impl Decoder {
     }
 }
 
+/// Where a Herald connection is in its room (the `since` of a resume).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The stream's epoch.
+    pub epoch: String,
+    /// The room's sequence.
+    pub seq: u64,
+}
+
+/// A subscriber that has joined its rooms.
+pub struct Joined {
+    /// Its socket.
+    pub ws: Ws,
+    /// How to read it.
+    pub decoder: Decoder,
+    /// Its cursor in its first room (Herald only).
+    pub cursor: Option<Cursor>,
+}
+
+impl Joined {
+    fn plain((ws, decoder): (Ws, Decoder)) -> Self {
+        Self {
+            ws,
+            decoder,
+            cursor: None,
+        }
+    }
+}
+
 /// Opens and joins one subscriber of `kind`: connection number `conn` (global)
-/// to `endpoint`, in logical `rooms`.
+/// to `endpoint`, in logical `rooms`, resuming from `since` (Herald only).
 pub async fn connect(
     kind: TargetKind,
     endpoint: &str,
     conn: usize,
     rooms: &[String],
     secret: Option<&str>,
-) -> Result<(Ws, Decoder)> {
+    since: Option<&Cursor>,
+) -> Result<Joined> {
     let fut = async {
         match kind {
             TargetKind::Herald => {
                 let secret = secret.context("herald needs a token secret")?;
-                herald::connect(endpoint, conn, rooms, secret).await
+                herald::connect(endpoint, conn, rooms, secret, since).await
             }
-            TargetKind::Ceiling => ceiling::connect(endpoint, rooms).await,
-            TargetKind::NatsWs => natsws::connect(endpoint, rooms).await,
+            TargetKind::Ceiling => ceiling::connect(endpoint, rooms).await.map(Joined::plain),
+            TargetKind::NatsWs => natsws::connect(endpoint, rooms).await.map(Joined::plain),
             TargetKind::Socketio | TargetKind::SocketioRedis => {
-                socketio::connect(endpoint, rooms).await
+                socketio::connect(endpoint, rooms).await.map(Joined::plain)
             }
         }
     };
