@@ -40,9 +40,7 @@ pub async fn start(opts: &StartOpts) -> Result<Running> {
 pub async fn connect(endpoint: &str, rooms: &[String]) -> Result<(Ws, Decoder)> {
     let query: Vec<String> = rooms.iter().map(|r| format!("room={r}")).collect();
     let url = format!("{endpoint}/sub?{}", query.join("&"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .context("WebSocket connect")?;
+    let (mut ws, _) = super::ws_connect(url).await.context("WebSocket connect")?;
     let first = next_text(&mut ws).await?;
     if first != "ok" {
         bail!("expected ok, got {first}");
@@ -58,7 +56,7 @@ pub struct Publisher {
 impl Publisher {
     /// Connects to `/pub`.
     pub async fn connect(url: &str) -> Result<Self> {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        let (ws, _) = super::ws_connect(url)
             .await
             .with_context(|| format!("connecting to {url}"))?;
         Ok(Self { ws })

@@ -128,9 +128,7 @@ pub async fn connect(
     since: Option<&Cursor>,
 ) -> Result<Joined> {
     let url = format!("{endpoint}/ws?token={}", token(secret, conn)?);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .context("WebSocket connect")?;
+    let (mut ws, _) = super::ws_connect(url).await.context("WebSocket connect")?;
     let first = next_text(&mut ws).await?;
     if !first.contains(r#""type":"welcome""#) {
         bail!("expected welcome, got {first}");

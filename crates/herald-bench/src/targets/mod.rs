@@ -296,6 +296,21 @@ pub async fn connect(
         .context("connect and join took over 60 s")?
 }
 
+/// Opens a client WebSocket with `TCP_NODELAY`, as browsers do, so Nagle's
+/// algorithm (with delayed ACKs) adds no stall to a small frame; every target's
+/// clients and WebSocket publishers go through here.
+pub async fn ws_connect(
+    url: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+) -> Result<
+    (
+        Ws,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    tokio_tungstenite::connect_async_with_config(url, None, true).await
+}
+
 /// The bytes of a text or binary message (empty for control frames).
 pub fn message_bytes(msg: &Message) -> &[u8] {
     match msg {

@@ -51,7 +51,7 @@ pub fn subject(room: &str) -> String {
 
 /// Connects, subscribes to every room and waits for the `PONG` that follows.
 pub async fn connect(endpoint: &str, rooms: &[String]) -> Result<(Ws, Decoder)> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(endpoint)
+    let (mut ws, _) = super::ws_connect(endpoint)
         .await
         .context("WebSocket connect")?;
     let info = next_text(&mut ws).await?;

@@ -97,9 +97,7 @@ pub async fn start(opts: &StartOpts, nodes: usize) -> Result<Running> {
 /// Opens the Engine.IO WebSocket and joins `rooms`; returns after `ready`.
 pub async fn connect(endpoint: &str, rooms: &[String]) -> Result<(Ws, Decoder)> {
     let url = format!("{endpoint}/socket.io/?EIO=4&transport=websocket");
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .context("WebSocket connect")?;
+    let (mut ws, _) = super::ws_connect(url).await.context("WebSocket connect")?;
     let open = next_text(&mut ws).await?;
     if !open.starts_with("0{") {
         bail!("expected the Engine.IO open packet, got {open}");
