@@ -19,12 +19,20 @@ use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Frames queued per subscriber before it counts as too slow and is dropped.
 pub const QUEUE: usize = 1024;
 /// Frames a writer takes from its queue before one flush.
 const BATCH: usize = 128;
+
+/// tungstenite preallocates a 128 KiB read buffer per connection by default;
+/// subscribers send almost nothing, so 4 KiB (it grows for a bigger frame)
+/// keeps an idle connection cheap, as a lean server would.
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(4096)
+}
 
 type Rooms = Arc<Mutex<HashMap<String, Vec<(u64, mpsc::Sender<Message>)>>>>;
 
@@ -53,10 +61,14 @@ async fn handle(tcp: TcpStream, rooms: Rooms, id: u64) -> Result<()> {
     let mut uri = None;
     // The callback's signature is tungstenite's; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
-    let ws = tokio_tungstenite::accept_hdr_async(tcp, |req: &Request, resp: Response| {
-        uri = Some(req.uri().clone());
-        Ok(resp)
-    })
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(
+        tcp,
+        |req: &Request, resp: Response| {
+            uri = Some(req.uri().clone());
+            Ok(resp)
+        },
+        Some(config()),
+    )
     .await
     .context("WebSocket handshake")?;
     let uri = uri.context("no request URI")?;

@@ -298,8 +298,9 @@ async fn run_target(kind: TargetKind, args: &BenchArgs) -> Result<TargetReport> 
         return Ok(report);
     }
     if args.scenario == Scenario::Idle {
+        let meter = Meter::start(&running);
         tokio::time::sleep(Duration::from_secs_f64(args.idle_secs)).await;
-        let rss_after = procstat::total_rss(&procs);
+        let (_, idle_cpu_pct, _, rss_after) = meter.stop();
         let mut open_after = 0;
         for w in &mut workers {
             w.send(&ToWorker::Sample).await?;
@@ -313,6 +314,7 @@ async fn run_target(kind: TargetKind, args: &BenchArgs) -> Result<TargetReport> 
             rss_after,
             bytes_per_conn: rss_after.saturating_sub(rss_before) as f64 / args.conns as f64,
             open_after,
+            idle_cpu_pct,
         });
         return Ok(report);
     }

@@ -97,6 +97,8 @@ pub struct Idle {
     pub bytes_per_conn: f64,
     /// Connections still open at the end.
     pub open_after: usize,
+    /// Server CPU while the connections sat idle, percent of one core.
+    pub idle_cpu_pct: f64,
 }
 
 /// Churn results.
@@ -344,19 +346,20 @@ impl RunReport {
             }
         }
         if self.targets.iter().any(|t| t.idle.is_some()) {
-            o.push_str("| target | idle conns | RSS before MiB | RSS after MiB | KiB per connection | still open |\n");
-            o.push_str("|---|---:|---:|---:|---:|---:|\n");
+            o.push_str("| target | idle conns | RSS before MiB | RSS after MiB | KiB per connection | still open | server CPU % while idle |\n");
+            o.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
             for t in &self.targets {
                 if let Some(i) = &t.idle {
                     let _ = writeln!(
                         o,
-                        "| {} | {} | {:.1} | {:.1} | {:.2} | {} |",
+                        "| {} | {} | {:.1} | {:.1} | {:.2} | {} | {:.1} |",
                         t.target,
                         i.conns,
                         mib(i.rss_before),
                         mib(i.rss_after),
                         i.bytes_per_conn / 1024.0,
-                        i.open_after
+                        i.open_after,
+                        i.idle_cpu_pct
                     );
                 }
             }

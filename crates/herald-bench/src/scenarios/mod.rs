@@ -148,6 +148,21 @@ mod tests {
     }
 
     #[test]
+    fn expected_count_matches_counting_one_by_one() {
+        let p = Scenario::Targeted.plan(7, 0);
+        for (from, to) in [(0, 0), (0, 1), (3, 50), (13, 14), (100, 171)] {
+            for i in 0..7 {
+                let slow = (from..to).filter(|s| p.expects(i, *s)).count() as u64;
+                assert_eq!(
+                    p.expected_count(i, from, to),
+                    slow,
+                    "conn {i} in [{from}, {to})"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn broadcast_plan_sends_every_event_to_everyone() {
         let p = Scenario::Broadcast.plan(10, 0);
         assert!(p.expects(7, 12345));
