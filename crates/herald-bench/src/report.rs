@@ -322,8 +322,8 @@ impl RunReport {
                 .find(|t| t.target == "herald")
                 .and_then(TargetReport::best)
                 .map(|s| s.deliveries_per_s);
-            o.push_str("| target | max sustainable rate ev/s | deliveries/s there | p99 ms there | server CPU % there | Herald ÷ target (deliveries/s) |\n");
-            o.push_str("|---|---:|---:|---:|---:|---:|\n");
+            o.push_str("| target | max sustainable rate ev/s | deliveries/s there | p99 ms there | server CPU % there | server CPU µs per delivery there | Herald ÷ target (deliveries/s) |\n");
+            o.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
             for t in &self.targets {
                 let best = t.best();
                 let ratio = match (herald, best) {
@@ -334,13 +334,16 @@ impl RunReport {
                 };
                 let _ = writeln!(
                     o,
-                    "| {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} |",
                     t.target,
                     t.max_sustainable_rate
                         .map_or("none".into(), |r| r.to_string()),
                     best.map_or("–".into(), |s| format!("{:.0}", s.deliveries_per_s)),
                     best.map_or("–".into(), |s| format!("{:.2}", s.latency_ms.p99)),
                     best.map_or("–".into(), |s| format!("{:.0}", s.cpu_pct)),
+                    best.map_or("–".into(), |s| {
+                        format!("{:.2}", 1e6 * s.cpu_s / s.deliveries.max(1) as f64)
+                    }),
                     ratio,
                 );
             }
