@@ -223,12 +223,14 @@ async fn run_target(kind: TargetKind, args: &BenchArgs) -> Result<TargetReport> 
         socketio_server: args.socketio_server.clone(),
         log_dir: args.out_dir.join("logs"),
     };
+    // Only Herald resumes from a cursor (scenarios/storm.rs): the others are
+    // reported as not applicable without being started.
     if args.scenario == Scenario::ReconnectStorm && kind != TargetKind::Herald {
         let mut report = TargetReport {
             target: kind.name().into(),
             ..TargetReport::default()
         };
-        unreachable_storm(&mut report);
+        storm_not_applicable(&mut report);
         return Ok(report);
     }
     let mut running = targets::start(kind, &opts).await?;
@@ -283,11 +285,6 @@ async fn run_target(kind: TargetKind, args: &BenchArgs) -> Result<TargetReport> 
     }
     running.check_alive()?;
 
-    if args.scenario == Scenario::ReconnectStorm && kind != TargetKind::Herald {
-        // Checked before anything starts, see scenarios/storm.rs.
-        unreachable_storm(&mut report);
-        return Ok(report);
-    }
     if args.scenario == Scenario::Churn {
         report.churn = Some(churn(&mut workers, &running, args).await?);
         return Ok(report);
@@ -510,7 +507,7 @@ async fn run_step(
 }
 
 /// Marks a target to which the reconnect storm does not apply.
-fn unreachable_storm(report: &mut TargetReport) {
+fn storm_not_applicable(report: &mut TargetReport) {
     report.note = Some("n/a: no cursor resume (keeps no history to replay)".into());
 }
 

@@ -32,7 +32,7 @@ pub async fn start(opts: &StartOpts) -> Result<Running> {
         endpoints: vec![url.clone()],
         secret: None,
         publish_url: format!("{url}/pub"),
-        _dir: tempfile::tempdir()?,
+        scratch: None,
     })
 }
 

@@ -92,7 +92,7 @@ pub async fn start(opts: &StartOpts) -> Result<Running> {
         endpoints: vec![format!("ws://127.0.0.1:{edge_port}")],
         secret: Some(secret),
         publish_url: nats_url,
-        _dir: dir,
+        scratch: Some(dir),
     })
 }
 

@@ -84,8 +84,9 @@ pub struct Running {
     pub secret: Option<String>,
     /// Where the publisher connects (a NATS URL or a WebSocket URL).
     pub publish_url: String,
-    /// Temporary files (stores, configs), removed on drop after the processes.
-    pub _dir: tempfile::TempDir,
+    /// Temporary files (NATS store, config), removed on drop after the
+    /// processes are stopped.
+    pub scratch: Option<tempfile::TempDir>,
 }
 
 impl Running {
@@ -114,6 +115,8 @@ impl Drop for Running {
         while let Some(c) = self.children.pop() {
             drop(c);
         }
+        // Only now that nothing writes to it.
+        drop(self.scratch.take());
     }
 }
 

@@ -40,7 +40,7 @@ pub async fn start(opts: &StartOpts) -> Result<Running> {
         endpoints: vec![format!("ws://127.0.0.1:{ws_port}")],
         secret: None,
         publish_url: format!("nats://127.0.0.1:{port}"),
-        _dir: dir,
+        scratch: Some(dir),
     })
 }
 

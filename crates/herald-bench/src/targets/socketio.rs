@@ -90,7 +90,7 @@ pub async fn start(opts: &StartOpts, nodes: usize) -> Result<Running> {
         publish_url: endpoints[0].clone(),
         endpoints,
         secret: None,
-        _dir: tempfile::tempdir()?,
+        scratch: None,
     })
 }
 
