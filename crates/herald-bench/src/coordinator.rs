@@ -56,6 +56,9 @@ pub struct BenchArgs {
     /// A step whose p99 latency exceeds this (ms) is not sustainable.
     #[arg(long, default_value_t = 1000.0)]
     pub max_p99_ms: f64,
+    /// Run the whole comparison this many times (targets in turn each round); the summary adds medians.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     /// Run every rate step even after one fails.
     #[arg(long)]
     pub keep_going: bool,
@@ -112,29 +115,35 @@ pub async fn run(targets: &[TargetKind], args: &BenchArgs) -> Result<RunReport> 
         machine: crate::report::Machine::detect(),
         targets: Vec::new(),
     };
-    for &kind in targets {
-        tracing::info!(
-            target = kind.name(),
-            scenario = args.scenario.name(),
-            conns = args.conns,
-            "starting"
-        );
-        let t = match run_target(kind, args).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(
-                    target = kind.name(),
-                    error = format!("{e:#}"),
-                    "target failed"
-                );
-                TargetReport {
-                    target: kind.name().into(),
-                    error: Some(format!("{e:#}")),
-                    ..TargetReport::default()
+    // Rounds run every target once each, in turn, so drifting load on a shared
+    // machine falls on all targets alike.
+    for round in 0..args.repeat.max(1) {
+        for &kind in targets {
+            tracing::info!(
+                target = kind.name(),
+                scenario = args.scenario.name(),
+                conns = args.conns,
+                round,
+                "starting"
+            );
+            let t = match run_target(kind, args).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(
+                        target = kind.name(),
+                        error = format!("{e:#}"),
+                        "target failed"
+                    );
+                    TargetReport {
+                        target: kind.name().into(),
+                        error: Some(format!("{e:#}")),
+                        ..TargetReport::default()
+                    }
                 }
-            }
-        };
-        report.targets.push(t);
+            };
+            let t = TargetReport { round, ..t };
+            report.targets.push(t);
+        }
     }
     let path = report.write_json(&args.out_dir)?;
     println!("{}", report.markdown());

@@ -166,6 +166,8 @@ pub struct Storm {
 pub struct TargetReport {
     /// Target name.
     pub target: String,
+    /// Round of `--repeat` (0-based).
+    pub round: usize,
     /// Its processes.
     pub procs: Vec<Proc>,
     /// Subscriber connections.
@@ -263,6 +265,18 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// Herald's deliveries/s at its maximum sustainable rate over `t`'s at its
+    /// own, both from `t`'s round.
+    pub fn ratio(&self, t: &TargetReport) -> Option<f64> {
+        let herald = self
+            .targets
+            .iter()
+            .find(|h| h.target == "herald" && h.round == t.round)
+            .and_then(TargetReport::best)?;
+        let b = t.best()?;
+        (b.deliveries_per_s > 0.0).then(|| herald.deliveries_per_s / b.deliveries_per_s)
+    }
+
     /// Writes `<dir>/<started>-<scenario>.json`; returns its path.
     pub fn write_json(&self, dir: &Path) -> Result<PathBuf> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -292,7 +306,7 @@ impl RunReport {
                     let _ = writeln!(
                         o,
                         "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {:.2} ({:.0} %) | {:.0} | {:.1} | {:.1} | {} |",
-                        t.target,
+                        label(t),
                         s.rate,
                         s.publish_rate,
                         s.deliveries_per_s,
@@ -316,26 +330,17 @@ impl RunReport {
                 }
             }
             o.push('\n');
-            let herald = self
-                .targets
-                .iter()
-                .find(|t| t.target == "herald")
-                .and_then(TargetReport::best)
-                .map(|s| s.deliveries_per_s);
-            o.push_str("| target | max sustainable rate ev/s | deliveries/s there | p99 ms there | server CPU % there | server CPU µs per delivery there | Herald ÷ target (deliveries/s) |\n");
-            o.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+            let rounds = self.targets.iter().map(|t| t.round + 1).max().unwrap_or(1);
+            o.push_str("| target | round | max sustainable rate ev/s | deliveries/s there | p99 ms there | server CPU % there | server CPU µs per delivery there | Herald ÷ target (deliveries/s) |\n");
+            o.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
             for t in &self.targets {
                 let best = t.best();
-                let ratio = match (herald, best) {
-                    (Some(h), Some(b)) if b.deliveries_per_s > 0.0 => {
-                        format!("{:.2}", h / b.deliveries_per_s)
-                    }
-                    _ => "–".into(),
-                };
+                let ratio = self.ratio(t).map_or("–".into(), |r| format!("{r:.2}"));
                 let _ = writeln!(
                     o,
-                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |",
                     t.target,
+                    t.round + 1,
                     t.max_sustainable_rate
                         .map_or("none".into(), |r| r.to_string()),
                     best.map_or("–".into(), |s| format!("{:.0}", s.deliveries_per_s)),
@@ -346,6 +351,30 @@ impl RunReport {
                     }),
                     ratio,
                 );
+            }
+            if rounds > 1 {
+                o.push_str("\n| target | rounds | median max sustainable rate ev/s | median Herald ÷ target |\n");
+                o.push_str("|---|---:|---:|---:|\n");
+                let mut names: Vec<&str> = Vec::new();
+                for t in &self.targets {
+                    if !names.contains(&t.target.as_str()) {
+                        names.push(&t.target);
+                    }
+                }
+                for name in names {
+                    let of = || self.targets.iter().filter(move |t| t.target == name);
+                    let rates: Vec<f64> = of()
+                        .map(|t| t.max_sustainable_rate.map_or(0.0, |r| r as f64))
+                        .collect();
+                    let ratios: Vec<f64> = of().filter_map(|t| self.ratio(t)).collect();
+                    let _ = writeln!(
+                        o,
+                        "| {name} | {} | {} | {} |",
+                        rates.len(),
+                        median(&rates).map_or("–".into(), |m| format!("{m:.0}")),
+                        median(&ratios).map_or("–".into(), |m| format!("{m:.2}")),
+                    );
+                }
             }
         }
         if self.targets.iter().any(|t| t.idle.is_some()) {
@@ -437,6 +466,30 @@ impl RunReport {
     }
 }
 
+/// A target's name, with its round when the run has several.
+fn label(t: &TargetReport) -> String {
+    if t.round == 0 {
+        t.target.clone()
+    } else {
+        format!("{} (round {})", t.target, t.round + 1)
+    }
+}
+
+/// The median of `v` (mean of the middle two for an even count).
+fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
 /// Now in UTC as `YYYYMMDDTHHMMSSZ` (no date crate needed for one format).
 pub fn utc_stamp() -> String {
     let secs = crate::payload::now_ns() / 1_000_000_000;
@@ -462,6 +515,13 @@ pub fn utc_stamp() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    }
 
     #[test]
     fn utc_stamp_has_the_documented_shape() {
