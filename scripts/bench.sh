@@ -17,7 +17,7 @@ scripts/ensure-nats.sh
 scripts/bench-peers-setup.sh
 cargo build --release -p herald -p herald-bench
 case "$scenario" in
-  broadcast) defaults=(--conns 2000 --size 1024 --rate 10,25,50,100,200,300,400,600,800 --duration 5 --drain 10) ;;
+  broadcast) defaults=(--conns 2000 --size 1024 --rate 10,25,50,100,200,300,400,600,800 --duration 5 --drain 10 --repeat 3) ;;
   targeted) defaults=(--conns 2000 --size 1024 --rate 500,1000,2000,4000,8000 --duration 5 --drain 10) ;;
   idle) defaults=(--conns 10000 --connect-concurrency 50 --idle-secs 10) ;;
   churn) defaults=(--conns 1000 --churn-rate 200 --duration 10) ;;
