@@ -22,4 +22,7 @@ cargo test --workspace "$@"
 if [ $# -eq 0 ]; then
   scripts/test-helm.sh
   scripts/test-js.sh
+  # The benchmark harness, tiny: every target answers and Herald loses nothing
+  # (BENCHMARKS.md has the real runs).
+  scripts/bench-smoke.sh
 fi
