@@ -46,6 +46,13 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// in docs/PERFORMANCE-NOTES.md.
 pub const READ_BUFFER_BYTES: usize = 1024;
 
+/// How much tungstenite gathers before it writes to the socket. Its default,
+/// 128 KiB, let the writer's batch of queued frames (a resume's catch-up)
+/// pile up to that size per connection, and the buffer keeps its capacity
+/// afterwards: a 10,000-client reconnect storm peaked at 1.3 GiB. 16 KiB still
+/// writes a batch of small frames in one system call.
+pub const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
 /// Accepts TCP connections and serves HTTP/1.1 with upgrades on each until
 /// `shutdown`, then waits (up to `drain`) for in-flight plain requests.
 async fn accept_loop(
@@ -149,6 +156,7 @@ async fn ws(
     let max = edge.cfg.limits.max_frame_bytes;
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| conn::run(edge, socket, up))

@@ -273,6 +273,8 @@ pub struct StoredEvent {
     pub payload: Bytes,
     /// Producer headers relevant to delivery.
     pub headers: Option<HeaderMap>,
+    /// The encoded frame, made once however many resumes share this event.
+    encoded: std::sync::OnceLock<Option<axum::extract::ws::Utf8Bytes>>,
 }
 
 impl StoredEvent {
@@ -290,6 +292,19 @@ impl StoredEvent {
             Some(self.seq),
             &self.payload,
         ))
+    }
+
+    /// Like [`StoredEvent::frame`], encoded on first use and shared after:
+    /// in a reconnect storm thousands of clients resume from one shared read,
+    /// and each gets the same bytes instead of its own copy. `room` must be
+    /// the event's own room (as for every read of one room's subject).
+    pub fn shared_frame(
+        &self,
+        room: &herald_protocol::Room,
+    ) -> Option<axum::extract::ws::Utf8Bytes> {
+        self.encoded
+            .get_or_init(|| self.frame(room).map(Into::into))
+            .clone()
     }
 }
 
@@ -485,6 +500,7 @@ impl StreamReader {
                             .map(|v| v.as_str().to_owned()),
                         payload: msg.payload,
                         headers: msg.headers,
+                        encoded: Default::default(),
                     };
                     stopped = !f(event);
                     !stopped

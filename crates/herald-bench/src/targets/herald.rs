@@ -50,7 +50,12 @@ pub async fn start(opts: &StartOpts) -> Result<Running> {
         cmd.env("HERALD_NATS__URL", &nats_url)
             .env("HERALD_AUTH__HS256_SECRET", &secret)
             .env("HERALD_LISTEN", format!("127.0.0.1:{edge_port}"))
-            .env("HERALD_LOG__LEVEL", "warn");
+            .env("HERALD_LOG__LEVEL", "warn")
+            // The bench's rooms are big: presence is tracked but joins and
+            // leaves are not pushed to every member (docs/CONFIG.md's advice
+            // for big rooms; the peers have no presence at all). Without it,
+            // N joins into an N-member room cost N² frames while connecting.
+            .env("HERALD_PRESENCE__QUIET_KINDS", "bench");
         for (k, v) in &opts.herald_env {
             cmd.env(k, v);
         }

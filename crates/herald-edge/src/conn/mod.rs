@@ -289,7 +289,7 @@ pub async fn run(edge: Arc<Edge>, socket: WebSocket, up: Upgrade) {
 
 impl Conn {
     /// Queues a frame for this connection, waiting for room if needed.
-    pub(crate) async fn send(&self, frame: String) {
+    pub(crate) async fn send(&self, frame: impl Into<axum::extract::ws::Utf8Bytes>) {
         if !self
             .handle
             .push(Outbound::Frame(frame.into()), self.edge.cfg.reply_enqueue())

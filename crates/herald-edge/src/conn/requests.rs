@@ -40,7 +40,8 @@ fn error_frame(edge: &Edge, id: Option<i64>, f: &Failure) -> String {
 /// Outcome of deciding how a `join` with `since` resumes.
 struct Resume {
     recovered: bool,
-    frames: Vec<String>,
+    /// Shared with every other resume of the same range.
+    frames: Vec<axum::extract::ws::Utf8Bytes>,
     last: u64,
 }
 
@@ -366,7 +367,7 @@ impl Conn {
         let me = &self.session.user;
         let mut frames = Vec::with_capacity(events.len());
         for e in events {
-            let Some(frame) = e.frame(room) else {
+            let Some(frame) = e.shared_frame(room) else {
                 continue;
             };
             let excluded = e
