@@ -428,7 +428,7 @@ async fn lifecycle_events_are_published_for_services() {
     while seen.len() < 4 || user.len() < 2 {
         let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
             .await
-            .unwrap()
+            .unwrap_or_else(|_| panic!("lifecycle events so far: {seen:?} {user:?}"))
             .unwrap();
         let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
         assert_eq!(body["user"], "6");
