@@ -358,17 +358,7 @@ impl Router {
         };
         self.metrics.nats_subscriptions.fetch_add(1, Relaxed);
         let init = tokio::select! {
-            r = Box::pin(async {
-                // Direct Get first; the leader if no replica answers it (its
-                // responders can lag a stream's creation or a restart).
-                match self.reader.last_seq_direct(&state.stored_subject).await {
-                    Ok(seq) => Ok(seq),
-                    Err(e) => {
-                        tracing::debug!(room = %state.room, error = %e, "direct get of the room's last event failed; asking the leader");
-                        self.reader.last_seq(&state.stored_subject).await
-                    }
-                }
-            }) => r,
+            r = Box::pin(self.reader.last_seq_direct(&state.stored_subject)) => r,
             _ = state.cancel.cancelled() => Ok(0),
         };
         match init {

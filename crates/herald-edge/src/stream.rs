@@ -357,8 +357,21 @@ impl StreamReader {
     /// event's `Nats-Last-Sequence` reveals anything between the two, which the
     /// gap fill delivers. It keeps every first join of a room (each user's
     /// own room, at every connect) off the leader's API, which answers one
-    /// request at a time and timed out under a connect storm.
+    /// request at a time and timed out under a connect storm. If the Direct
+    /// Get fails (its responders can lag a stream's creation or a restart),
+    /// the leader answers.
     pub async fn last_seq_direct(&self, subject: &str) -> Result<u64, StreamError> {
+        match self.direct_last_seq(subject).await {
+            Ok(seq) => Ok(seq),
+            Err(e) => {
+                tracing::debug!(subject, error = %e, "direct get of a room's last event failed; asking the leader");
+                self.last_seq(subject).await
+            }
+        }
+    }
+
+    /// One Direct Get of the last message on `subject`.
+    async fn direct_last_seq(&self, subject: &str) -> Result<u64, StreamError> {
         let body = serde_json::json!({ "last_by_subj": subject });
         let req = self
             .client
@@ -526,22 +539,24 @@ impl StreamReader {
 }
 
 /// The result of a shared range read.
-pub type SharedRange = Result<std::sync::Arc<(Vec<StoredEvent>, bool)>, String>;
+pub type SharedRange = Result<RangeEvents, String>;
+
+/// A read in flight, shared by everyone who asks for it before it completes.
+type SharedRead<T> =
+    futures::future::Shared<futures::future::BoxFuture<'static, Result<T, String>>>;
+
+/// The events of one shared range read, and whether it was truncated.
+type RangeEvents = std::sync::Arc<(Vec<StoredEvent>, bool)>;
 
 /// Identical reads in flight at once, each made once: the first caller's
 /// future is shared (behind `Shared`) with every caller that asks for the
 /// same key before it completes.
 #[derive(Debug)]
-struct SingleFlight<K, V: Clone> {
-    inflight: std::sync::Mutex<
-        std::collections::HashMap<
-            K,
-            futures::future::Shared<futures::future::BoxFuture<'static, V>>,
-        >,
-    >,
+struct SingleFlight<K, T: Clone> {
+    inflight: std::sync::Mutex<std::collections::HashMap<K, SharedRead<T>>>,
 }
 
-impl<K: std::hash::Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
+impl<K: std::hash::Hash + Eq + Clone, T: Clone> SingleFlight<K, T> {
     fn new() -> Self {
         Self {
             inflight: Default::default(),
@@ -552,13 +567,12 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
     async fn run(
         &self,
         key: K,
-        start: impl FnOnce() -> futures::future::BoxFuture<'static, V>,
-        poisoned: V,
-    ) -> V {
+        start: impl FnOnce() -> futures::future::BoxFuture<'static, Result<T, String>>,
+    ) -> Result<T, String> {
         use futures::FutureExt as _;
         let fut = {
             let Ok(mut map) = self.inflight.lock() else {
-                return poisoned;
+                return Err("shared reads lock poisoned".into());
             };
             map.entry(key.clone())
                 .or_insert_with(|| start().shared())
@@ -585,8 +599,8 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
 pub struct SharedReads {
     reader: StreamReader,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
-    ranges: std::sync::Arc<SingleFlight<(String, u64, u64, usize), SharedRange>>,
-    anchors: std::sync::Arc<SingleFlight<(String, u64), Result<bool, String>>>,
+    ranges: std::sync::Arc<SingleFlight<(String, u64, u64, usize), RangeEvents>>,
+    anchors: std::sync::Arc<SingleFlight<(String, u64), bool>>,
 }
 
 impl SharedReads {
@@ -619,9 +633,7 @@ impl SharedReads {
             }
             .boxed()
         };
-        self.ranges
-            .run(key, start, Err("shared reads lock poisoned".into()))
-            .await
+        self.ranges.run(key, start).await
     }
 
     /// Like [`StreamReader::anchored`], joined with an identical check in flight.
@@ -638,12 +650,6 @@ impl SharedReads {
             }
             .boxed()
         };
-        self.anchors
-            .run(
-                (subject.to_owned(), seq),
-                start,
-                Err("shared reads lock poisoned".into()),
-            )
-            .await
+        self.anchors.run((subject.to_owned(), seq), start).await
     }
 }

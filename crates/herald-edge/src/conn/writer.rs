@@ -72,11 +72,10 @@ pub async fn run(
                     // and must not reach the client, whose cursor would then
                     // skip the lost event. The check is ordered after the
                     // kill, since the router kills before it pushes again
-                    // (`killed()` is one atomic load).
-                    if let Some(d) = handle.killed() {
-                        close_with(&mut sink, d).await;
-                        done.cancel();
-                        return;
+                    // (`killed()` is one atomic load). What was fed before it
+                    // is flushed below; the loop's top then closes.
+                    if handle.killed().is_some() {
+                        break;
                     }
                     match out {
                         Outbound::Frame(f) => {
